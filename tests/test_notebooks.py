@@ -1,0 +1,13 @@
+"Every notebook in nbs/ runs top to bottom as a test (cells flagged `gpu` are skipped on this CPU machine)."
+from pathlib import Path
+import pytest
+
+NBS = Path(__file__).resolve().parents[1] / 'nbs'
+NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts and not p.name.startswith('_'))
+
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
+def test_notebook(nb):
+    from nbdev.test import test_nb
+    ok, seconds = test_nb(nb, skip_flags=['gpu'], basepath=NBS.parent, cell_timeout=600)
+    assert ok, f'{nb.name} failed (traceback above)'
