@@ -37,8 +37,10 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest tests -q -ra --durations=15 $(PYTEST_ARGS)
 
+# JupyterLab refuses to run as root unless told to (containers, CI machines)
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=nbs $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=nbs $(ALLOW_ROOT) $(LAB_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
@@ -50,9 +52,5 @@ clean-nbs: install
 	$(BIN)/nbdev-clean
 
 docs: install
-	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; else \
-		echo "quarto not found: building plain HTML with nbdev-proc-nbs + nbconvert into _docs/"; \
-		$(BIN)/nbdev-proc-nbs && rm -rf _docs && mkdir -p _docs && \
-		for nb in $$(cd _proc && find . -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*'); do \
-			$(BIN)/jupyter nbconvert --to html --output-dir "_docs/$$(dirname $$nb)" "_proc/$$nb" || exit 1; \
-		done && echo "docs in _docs/ (open _docs/index.html)"; fi
+	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; \
+	else echo "quarto not found: rendering HTML with nbdev's processing + nbconvert"; $(BIN)/python tools/build_docs.py; fi
