@@ -44,6 +44,7 @@ lab: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_interp.py
 
 export: install
 	$(BIN)/nbdev-export

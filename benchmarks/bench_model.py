@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 
-def median_time(fn, repeats, warmup=1):
-    for _ in range(warmup): fn()
-    times = []
+def median_times(fn_a, fn_b, repeats, warmup=1):
+    "Median seconds of `fn_a` and `fn_b`, timed alternately (ABAB...) so drift in machine load hits both alike."
+    for _ in range(warmup): fn_a(); fn_b()
+    ta, tb = [], []
     for _ in range(repeats):
-        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
-    return statistics.median(times), times
+        for fn, times in ((fn_a, ta), (fn_b, tb)):
+            t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main():
@@ -42,8 +44,7 @@ def main():
     ids = torch.randint(100, 49000, (8, 256), generator=g)
     with torch.no_grad():
         assert (ours(ids[:1, :32]) - ref(ids[:1, :32]).logits).abs().max() < 1e-4  # same model, before timing it
-        t_ref, _ = median_time(lambda: ref(ids).logits, a.repeats)
-        t_ours, _ = median_time(lambda: ours(ids), a.repeats)
+        t_ref, t_ours = median_times(lambda: ref(ids).logits, lambda: ours(ids), a.repeats)
     n = ids.numel()
     rows.append(('forward tokens/s (8 x 256)', n / t_ref, n / t_ours, t_ref / t_ours))
 
@@ -53,16 +54,17 @@ def main():
         out_ref = ref.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=2)
         out_ours = ours.generate(prompt, max_new_tokens=new, eos_token_id=[])
         assert torch.equal(out_ref, out_ours), 'greedy outputs differ'
-        t_ref, _ = median_time(lambda: ref.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=2), a.repeats)
-        t_ours, _ = median_time(lambda: ours.generate(prompt, max_new_tokens=new, eos_token_id=[]), a.repeats)
+        t_ref, t_ours = median_times(
+            lambda: ref.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=2),
+            lambda: ours.generate(prompt, max_new_tokens=new, eos_token_id=[]), a.repeats)
     rows.append((f'greedy generation tokens/s (1 x {new})', new / t_ref, new / t_ours, t_ref / t_ours))
 
-    t_ref, _ = median_time(lambda: AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32), a.repeats)
-    t_ours, _ = median_time(lambda: load_pretrained('smollm2-135m-instruct', dtype='float32', progress=False), a.repeats)
+    t_ref, t_ours = median_times(lambda: AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32),
+                                 lambda: load_pretrained('smollm2-135m-instruct', dtype='float32', progress=False), a.repeats)
     rows.append(('cached load seconds (safetensors dir)', t_ref, t_ours, t_ref / t_ours))
 
     threads = torch.get_num_threads()
-    print(f"\nSmolLM2-135M-Instruct, float32, CPU, {threads} threads, median of {a.repeats} repeats "
+    print(f"\nSmolLM2-135M-Instruct, float32, CPU, {threads} threads, median of {a.repeats} alternating repeats "
           f"(torch {torch.__version__}, transformers {transformers.__version__})")
     print(f"{'what':<40} {'transformers':>13} {'llmlab':>10} {'ratio':>7}")
     for what, b, o, r in rows: print(f"{what:<40} {b:>13.2f} {o:>10.2f} {r:>6.2f}x")

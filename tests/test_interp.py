@@ -1,0 +1,95 @@
+"llmlab's interpretability tools on SmolLM2 against TransformerLens (TransformerBridge on transformers' model, same weights)."
+import pytest, torch
+from llmlab.interp import (bridge, induction_scores, logit_diff_metric, logit_lens, patch_residual, run_with_cache,
+                           direct_logit_attribution)
+
+PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to",
+           "def add(a, b):\n    return a +", "Water boils at a temperature of"]
+IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+
+
+def right_padded(tokenizer, texts):
+    "Right padding: causal attention never lets a real token see the padding, so no mask is needed on either side."
+    side, tokenizer.padding_side = tokenizer.padding_side, 'right'
+    enc = tokenizer(texts, return_tensors='pt', padding=True)
+    tokenizer.padding_side = side
+    return enc.input_ids, enc.attention_mask.bool()
+
+
+def test_cache_equals_transformer_lens_at_every_hook_point(smol, hf_smol, tokenizer):
+    ids, real = right_padded(tokenizer, PROMPTS)
+    logits, ours = run_with_cache(smol, ids)
+    ref_logits, ref = run_with_cache(hf_smol, ids)       # TransformerBridge under the same API
+    common = set(ours) & set(ref)
+    assert common == set(ours), f'hook points TransformerLens lacks: {sorted(set(ours) - set(ref))[:5]}'
+    layers = {int(k.split('.')[1]) for k in common if k.startswith('blocks.')}
+    assert layers == set(range(30)) and len(common) == 603
+    for name in sorted(common):
+        a, b = ours[name], ref[name]
+        assert a.shape == b.shape, name
+        if a.ndim == 4 and name.endswith(('hook_pattern', 'hook_attn_scores')):
+            keep = (real[:, None, :, None] & real[:, None, None, :]).expand_as(a)
+        else: keep = real
+        diff, scale = (a[keep] - b[keep]).abs().max().item(), b[keep].abs().max().item()
+        # float32 tolerance 1e-4, relative to the point's magnitude where it exceeds 1: SmolLM2's residual stream
+        # reaches ~1.4e4 in layers 28-29, where adjacent float32 values are 1e-3 apart
+        assert diff <= 1e-4 * max(1.0, scale), f'{name}: max diff {diff:.3g} at scale {scale:.3g}'
+    assert (logits[real] - ref_logits[real]).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_bridging_leaves_the_transformers_model_working(hf_smol, tokenizer):
+    ids = tokenizer("The capital of France is", return_tensors='pt').input_ids
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=[], pad_token_id=2)
+    before = hf_smol.generate(ids, **kw)
+    run_with_cache(hf_smol, ids, names_filter='hook_embed')
+    assert torch.equal(hf_smol.generate(ids, **kw), before)
+
+
+def test_induction_heads_stand_out_and_agree_across_backends(smol, hf_smol):
+    ours = induction_scores(smol, seq_len=40, batch=4)
+    ref = induction_scores(hf_smol, seq_len=40, batch=4)
+    assert (ours - ref).abs().max() < 1e-4
+    top = ours.flatten().topk(5).values
+    median = ours.flatten().median()
+    assert top.min() > 0.5 and median < 0.02, (top, median)   # a handful of heads far above the typical head
+
+
+def test_logit_lens_finds_paris_at_the_last_layer(smol, hf_smol, tokenizer):
+    ids = tokenizer("The capital of France is", return_tensors='pt').input_ids
+    paris = tokenizer(" Paris", add_special_tokens=False).input_ids[0]
+    lens = logit_lens(smol, ids)
+    ranks = lens.rank(paris)
+    assert ranks[-1] == 1 and ranks[:20].min() > 100      # absent early, first at the end
+    with torch.no_grad(): final = smol(ids)[0, -1].log_softmax(-1)
+    assert (lens.log_probs[-1] - final).abs().max() < 1e-4
+    assert (logit_lens(hf_smol, ids).log_probs - lens.log_probs).abs().max() < 1e-3
+
+
+def test_direct_logit_attribution_adds_up_on_smollm2(smol, tokenizer):
+    ids = tokenizer(IOI_CLEAN, return_tensors='pt').input_ids
+    mary, john = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in (" Mary", " John"))
+    attr = direct_logit_attribution(smol, ids, (mary, john))
+    with torch.no_grad(): out = smol(ids)[0, -1]
+    assert abs(attr.total.item() - (out[mary] - out[john]).item()) < 1e-3
+
+
+@pytest.mark.slow
+def test_residual_patching_equals_transformer_lens_patching_utility(smol, hf_smol, tokenizer):
+    "transformer_lens.patching.get_act_patch_resid_pre on the bridge (one run per layer and position, about a minute)."
+    import transformer_lens.patching as tl_patching
+    clean, corrupt = (tokenizer(t, return_tensors='pt').input_ids for t in (IOI_CLEAN, IOI_CORRUPT))
+    assert clean.shape == corrupt.shape
+    mary, john = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in (" Mary", " John"))
+    metric = logit_diff_metric(mary, john)
+    b = bridge(hf_smol)
+    with torch.no_grad():
+        _, clean_cache = b.run_with_cache(clean)
+        reference = tl_patching.get_act_patch_resid_pre(b, corrupt, clean_cache, lambda logits: metric(logits).mean())
+    ours = patch_residual(smol, clean, corrupt, metric)
+    assert ours.shape == reference.shape == (30, clean.shape[1])
+    assert (ours - reference).abs().max() < 1e-4
+    # and the answer is where the names differ, moving to the last position in the late layers
+    s2 = (clean[0] != corrupt[0]).nonzero().item()
+    assert ours[0].argmax() == s2 and ours[-1].argmax() == clean.shape[1] - 1
