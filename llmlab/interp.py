@@ -23,8 +23,9 @@ from .model import Llama, apply_rotary
 __all__ = ['act_name', 'hook_names', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge', 'run_with_cache',
            'run_with_hooks', 'unembed', 'n_layers', 'LogitLens', 'logit_lens', 'previous_token_score',
            'first_token_score', 'induction_score', 'repeated_random_tokens', 'head_scores', 'induction_scores',
-           'Attribution', 'direct_logit_attribution', 'Probe', 'train_probe', 'probe_layers', 'patch_residual',
-           'patch_heads', 'normalized_recovery', 'logit_diff_metric', 'steering', 'save_result', 'plot_heatmap']
+           'attention_pattern', 'plot_heatmap', 'plot_attention', 'Attribution', 'direct_logit_attribution', 'Probe',
+           'train_probe', 'probe_layers', 'patch_residual', 'patch_heads', 'normalized_recovery', 'logit_diff_metric',
+           'steering', 'save_result']
 
 # %% ../nbs/11_interp.ipynb #2acbd835
 _BLOCK = {'resid_pre': 'hook_resid_pre', 'resid_mid': 'hook_resid_mid', 'resid_post': 'hook_resid_post',
@@ -264,6 +265,32 @@ def induction_scores(model, vocab_size:int|None=None, seq_len:int=50, batch:int=
     return induction_score(_patterns(model, toks), seq_len, len(prefix))
 
 # %% ../nbs/11_interp.ipynb #f3708b0c
+def attention_pattern(model, input_ids:Tensor, layer:int, head:int|None=None) -> Tensor:
+    "Attention pattern of the first prompt at `layer`: `(heads, query, key)`, or `(query, key)` for one `head`."
+    _, cache = run_with_cache(model, input_ids[:1], names_filter=act_name('pattern', layer))
+    pattern = cache['pattern', layer][0]
+    return pattern if head is None else pattern[head]
+
+def plot_heatmap(values:Tensor, title:str='', xlabel:str='', ylabel:str='', xticklabels=None, yticklabels=None, ax=None, cmap:str|None=None):
+    "A heat map of a 2-d tensor, centred on zero for signed values."
+    import matplotlib.pyplot as plt
+    if ax is None: fig, ax = plt.subplots(figsize=(max(4, 0.35 * values.shape[1] + 2), max(3, 0.2 * values.shape[0] + 1)))
+    signed = bool((values < 0).any())
+    lim = float(values.abs().max()) or 1.0
+    cmap = cmap or ('RdBu' if signed else 'viridis')
+    im = ax.imshow(values.numpy(), cmap=cmap, vmin=-lim if signed else None, vmax=lim if signed else None, aspect='auto')
+    ax.figure.colorbar(im, ax=ax)
+    ax.set_title(title); ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
+    if xticklabels is not None: ax.set_xticks(range(len(xticklabels)), xticklabels, rotation=90, fontsize=7)
+    if yticklabels is not None: ax.set_yticks(range(len(yticklabels)), yticklabels, fontsize=7)
+    return ax
+
+def plot_attention(pattern:Tensor, tokens:Sequence[str], title:str='', ax=None):
+    "Heat map of a `(query, key)` attention pattern, queries down, keys across."
+    ax = plot_heatmap(pattern.float(), title, 'key', 'query', xticklabels=tokens, yticklabels=tokens, ax=ax, cmap='Blues')
+    return ax
+
+# %% ../nbs/11_interp.ipynb #ba9092da
 @dataclass
 class Attribution:
     "Direct contributions to a logit (difference): `embed` (scalar), `heads` (layers, heads), `mlps` (layers)."
@@ -309,7 +336,7 @@ def direct_logit_attribution(model, input_ids:Tensor, direction:Tensor|int|tuple
             if any(x is not None for x in b): embed = embed + sum(x.float() @ u for x in b if x is not None)
     return Attribution(embed.cpu(), heads.cpu(), mlps.cpu())
 
-# %% ../nbs/11_interp.ipynb #ba9092da
+# %% ../nbs/11_interp.ipynb #a6d6baab
 @dataclass
 class Probe:
     weight: Tensor
@@ -346,7 +373,7 @@ def probe_layers(acts:Tensor, y:Tensor, **kwargs):
     return pd.DataFrame([{'layer': l, 'accuracy': train_probe(a, y, **kwargs).test_accuracy,
                           'shuffled_labels': train_probe(a, y_shuffled, **kwargs).test_accuracy} for l, a in enumerate(acts)])
 
-# %% ../nbs/11_interp.ipynb #6f988609
+# %% ../nbs/11_interp.ipynb #7d7c5cdd
 def _batched(model, corrupted:Tensor, hooks_for:Callable[[int], list], n_runs:int, metric, batch_runs:int) -> Tensor:
     "Metric of `n_runs` patched runs of `corrupted`, `batch_runs` runs per forward pass."
     out = []
@@ -407,7 +434,7 @@ def logit_diff_metric(answer:int|Sequence[int], wrong:int|Sequence[int], positio
         return last[rows, a.view(-1).repeat(len(last) // n)] - last[rows, w.view(-1).repeat(len(last) // n)]
     return metric
 
-# %% ../nbs/11_interp.ipynb #60cad08b
+# %% ../nbs/11_interp.ipynb #51ab4e95
 @contextlib.contextmanager
 def steering(model:Llama, layer:int, vector:Tensor, coeff:float=1.0):
     "Within the block, add `coeff * vector` to the residual stream entering block `layer` of an llmlab model."
@@ -418,7 +445,7 @@ def steering(model:Llama, layer:int, vector:Tensor, coeff:float=1.0):
     try: yield model
     finally: handle.remove()
 
-# %% ../nbs/11_interp.ipynb #51ab4e95
+# %% ../nbs/11_interp.ipynb #268fba4d
 def save_result(run_dir, name:str, data:dict, figure=None) -> Path:
     "Save `data` (tensors, numbers, data frames) as `name.json` (and tensors as `name.pt`, a figure as `name.png`) in `run_dir`."
     import pandas as pd
@@ -430,16 +457,3 @@ def save_result(run_dir, name:str, data:dict, figure=None) -> Path:
     (run_dir / f'{name}.json').write_text(json.dumps(plain, indent=2, default=str))
     if figure is not None: figure.savefig(run_dir / f'{name}.png', dpi=120, bbox_inches='tight')
     return run_dir / f'{name}.json'
-
-def plot_heatmap(values:Tensor, title:str='', xlabel:str='', ylabel:str='', xticklabels=None, yticklabels=None, ax=None, cmap='RdBu'):
-    "A heat map of a 2-d tensor, centred on zero for signed values."
-    import matplotlib.pyplot as plt
-    if ax is None: fig, ax = plt.subplots(figsize=(max(4, 0.35 * values.shape[1] + 2), max(3, 0.2 * values.shape[0] + 1)))
-    signed = bool((values < 0).any())
-    lim = float(values.abs().max()) or 1.0
-    im = ax.imshow(values.numpy(), cmap=cmap if signed else 'viridis', vmin=-lim if signed else None, vmax=lim if signed else None, aspect='auto')
-    ax.figure.colorbar(im, ax=ax)
-    ax.set_title(title); ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
-    if xticklabels is not None: ax.set_xticks(range(len(xticklabels)), xticklabels, rotation=90, fontsize=7)
-    if yticklabels is not None: ax.set_yticks(range(len(yticklabels)), yticklabels, fontsize=7)
-    return ax
