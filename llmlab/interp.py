@@ -91,7 +91,7 @@ def hooked_forward(model:Llama, input_ids:Tensor, hook:Callable[[str, Tensor], T
         k = point(p + 'attn.hook_rot_k', apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if wants(p + 'attn.hook_attn_scores') or wants(p + 'attn.hook_pattern'):
-            scores = (q @ repeat_kv(k, H // Hkv).transpose(-2, -1)).float() / math.sqrt(D)
+            scores = (q @ repeat_kv(k, H // Hkv).transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(D)
             allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None: allowed = allowed & mask
             scores = point(p + 'attn.hook_attn_scores', scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
