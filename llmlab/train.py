@@ -126,7 +126,10 @@ class Trainer:
         opt = torch.optim.AdamW([{'params': decay, 'weight_decay': config.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
                                 lr=config.lr, betas=config.betas, eps=config.eps, foreach=True)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, config))
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, opt, sched)
+        # the schedule counts optimizer steps; Accelerate's prepared scheduler would step once per process
+        self.model, self.optimizer = acc.prepare(model, opt)
+        self.scheduler = sched
+        acc.register_for_checkpointing(self.scheduler)
         self.sampler = ResumableSampler(len(train_data), seed=config.seed, rank=acc.process_index, world_size=acc.num_processes)
         self.state = TrainerState(self.sampler)
         acc.register_for_checkpointing(self.state)
@@ -215,7 +218,7 @@ class Trainer:
                 ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else _nullcontext()
                 with ctx, acc.autocast():
                     loss = self.loss_fn(self.model, batch) / self.accum
-                acc.backward(loss) if sync or acc.num_processes == 1 else loss.backward()
+                acc.backward(loss)
                 total_loss += loss.detach()
                 st.tokens += batch['input_ids'].numel() * acc.num_processes
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))

@@ -1,0 +1,97 @@
+"The Trainer across processes and crashes: DDP against one process, resume after SIGKILL (also mid-checkpoint)."
+import json, os, random, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+import pytest, torch
+
+TORCHRUN = str(Path(sys.executable).with_name('torchrun'))
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys, time, torch
+    from pathlib import Path
+    from llmlab.data import TokenShards, build_shards
+    from llmlab.model import Llama, ModelConfig
+    from llmlab.train import Trainer, TrainConfig
+    data_dir, run_dir, batch, micro, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    slow = float(os.environ.get('SLOW_STEP', '0'))
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=64))
+    train = TokenShards(Path(data_dir), block_size=16)
+    class Slow:
+        def on_step_end(self, trainer, record): time.sleep(slow)
+    cfg = TrainConfig(run_dir=run_dir, max_steps=steps, batch_size=batch, micro_batch_size=micro, lr=3e-3, warmup_steps=3, grad_clip=0.5,
+                      log_every=1, eval_every=1000, save_every=int(os.environ.get('SAVE_EVERY', '1000')), keep_last=2,
+                      resume=None if resume == 'none' else resume, progress=False)
+    t = Trainer(model, cfg, train, callbacks=[Slow()])
+    acc = t.accelerator
+    if acc.num_processes > 1:   # Accelerate falls back to one process silently: say what we got
+        assert torch.distributed.is_initialized() and torch.distributed.get_world_size() == acc.num_processes
+        assert type(t.model).__name__ == 'DistributedDataParallel', type(t.model)
+    t.fit()
+    if acc.is_main_process:
+        torch.save({k: v.detach().cpu() for k, v in acc.unwrap_model(t.model).state_dict().items()}, Path(run_dir) / 'final.pt')
+''')
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    from llmlab.data import build_shards
+    class Tok:
+        eos_token_id, name_or_path = 0, 'char'
+        def __call__(self, texts, add_special_tokens=False): return {'input_ids': [[ord(c) % 31 + 1 for c in t] for t in texts]}
+        def __len__(self): return 32
+    rng = random.Random(0)
+    docs = [''.join(rng.choice('abcdefgh ') for _ in range(rng.randint(20, 120))) for _ in range(200)]
+    d = tmp_path_factory.mktemp('data')
+    build_shards(docs, Tok(), d, progress=False, num_proc=1)
+    script = d / 'train_script.py'
+    script.write_text(SCRIPT)
+    return d, script
+
+
+def run(cmd, env=None, **kw):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def losses(run_dir): return [json.loads(l)['loss'] for l in (Path(run_dir) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_ddp_with_accumulation_and_clipping_equals_one_process(data, tmp_path):
+    d, script = data
+    run([sys.executable, str(script), str(d), str(tmp_path / 'one'), '8', '8', '12', 'none'])
+    run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(29500 + os.getpid() % 1000), str(script), str(d),
+         str(tmp_path / 'ddp'), '8', '2', '12', 'none'])   # 2 processes x 2 sequences x 2 accumulation steps = 8
+    one, ddp = torch.load(tmp_path / 'one' / 'final.pt'), torch.load(tmp_path / 'ddp' / 'final.pt')
+    for k in one: assert (one[k] - ddp[k]).abs().max() < 1e-6, k
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path / 'one'), losses(tmp_path / 'ddp'))) < 1e-6
+
+
+@pytest.mark.parametrize('where', ['at a random step', 'while writing a checkpoint'])
+def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
+    d, script = data
+    run([sys.executable, str(script), str(d), str(tmp_path / 'full'), '8', '4', '24', 'none'], env={'SAVE_EVERY': '4'})
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SAVE_EVERY': '4', 'SLOW_STEP': '0.15'}
+    p = subprocess.Popen([sys.executable, str(script), str(d), str(tmp_path / 'killed'), '8', '4', '24', 'none'], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckdir, metrics = tmp_path / 'killed' / 'checkpoints', tmp_path / 'killed' / 'metrics.jsonl'
+    target = random.Random(1).randint(6, 18)
+    deadline, caught = time.time() + 300, False
+    while time.time() < deadline and p.poll() is None:
+        if where == 'at a random step':
+            caught = metrics.exists() and len(metrics.read_text().splitlines()) >= target
+        else:   # a checkpoint folder is being written while an earlier one is complete
+            caught = any(ckdir.glob('.step-*.tmp')) and any(ckdir.glob('step-*'))
+        if caught: break
+        time.sleep(0.001)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    assert caught, 'the run ended before it could be killed where intended'
+    if where != 'at a random step': assert any(ckdir.glob('.step-*.tmp'))  # the half-written checkpoint is still there
+    latest = json.loads((ckdir / 'latest.json').read_text())
+    assert (ckdir / latest['name']).is_dir()                              # "latest" always points at a whole checkpoint
+    run([sys.executable, str(script), str(d), str(tmp_path / 'killed'), '8', '4', '24', 'auto'], env={'SAVE_EVERY': '4'})
+    assert losses(tmp_path / 'killed') == losses(tmp_path / 'full')      # bitwise
+    a, b = torch.load(tmp_path / 'full' / 'final.pt'), torch.load(tmp_path / 'killed' / 'final.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a)
