@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .core import LlmlabError, get_device, get_dtype, init_run_dir, seed_everything, write_json_atomic
+from .core import ConfigError, LlmlabError, get_device, get_dtype, init_run_dir, seed_everything, write_json_atomic
 from .model import perplexity
 from .checkpoints import load_pretrained, load_tokenizer, generate_text, resolve_source, pretrained_models
 
 # %% auto #0
-__all__ = ['zen_of_python', 'quickstart', 'build_parser', 'main']
+__all__ = ['QUICKSTART_TRAIN', 'zen_of_python', 'quickstart', 'DataConfig', 'train_from_config', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #983415e0
 def zen_of_python() -> str:
@@ -28,7 +28,7 @@ def zen_of_python() -> str:
 # %% ../nbs/13_cli.ipynb #fefb602d
 def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sentences why the sky is blue.',
                max_new_tokens:int=64, run_dir:str|Path='runs/quickstart', device:str='auto', dtype:str='float32',
-               seed:int=0, out=None) -> dict:
+               seed:int=0, train_minutes:float=2.0, out=None) -> dict:
     "Load a model, chat with it, measure its perplexity; print as it goes and return the summary."
     from transformers import TextStreamer
     out = out or sys.stdout
@@ -43,7 +43,7 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
     load_s = time.perf_counter() - t
     say(f"      {m.num_parameters() / 1e6:.1f}M parameters, {m.config.num_hidden_layers} layers, loaded in {load_s:.1f} s")
 
-    say(f"\n[2/3] Chat\n      user: {prompt}\n      assistant:")
+    say(f"\n[2/4] Chat\n      user: {prompt}\n      assistant:")
     streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     t = time.perf_counter()
     reply = generate_text(m, tok, [{'role': 'user', 'content': prompt}], max_new_tokens=max_new_tokens, streamer=streamer)
@@ -54,11 +54,18 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
     text = zen_of_python()
     ids = tok(text, return_tensors='pt').input_ids.to(dev)
     ppl = perplexity(m, ids)
-    say(f"\n[3/3] Perplexity on the Zen of Python ({ids.shape[1]} tokens): {ppl:.2f}")
+    say(f"\n[3/4] Perplexity on the Zen of Python ({ids.shape[1]} tokens): {ppl:.2f}")
 
     summary = dict(model=model, device=dev.type, dtype=dtype, parameters=m.num_parameters(), load_seconds=round(load_s, 3),
                    prompt=prompt, reply=reply, generated_tokens=n_new, tokens_per_second=round(n_new / gen_s, 2),
                    perplexity_text='zen_of_python', perplexity_tokens=ids.shape[1], perplexity=ppl)
+    if train_minutes > 0:
+        say(f"\n[4/4] Training a small Llama from scratch on the Python standard library for {train_minutes:g} minutes")
+        t = train_from_config(QUICKSTART_TRAIN, run_dir=str(Path(run_dir or 'runs/quickstart') / 'train'), max_minutes=train_minutes)
+        say(f"      {t['parameters'] / 1e6:.1f}M parameters, {t['step']} steps, {t['tokens'] / 1e6:.2f}M tokens: "
+            f"validation loss {t.get('val_loss', float('nan')):.3f} (perplexity {t.get('val_perplexity', float('nan')):.1f}); "
+            f"loss curve in {Path(t['run_dir']) / 'loss.png'}")
+        summary['train'] = {k: t.get(k) for k in ('parameters', 'step', 'tokens', 'val_loss', 'val_perplexity', 'run_dir')}
     if run_dir:
         run_dir = Path(run_dir)
         init_run_dir(run_dir, dict(model=model, prompt=prompt, max_new_tokens=max_new_tokens, device=device, dtype=dtype),
@@ -68,6 +75,70 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
     return summary
 
 # %% ../nbs/13_cli.ipynb #04606c55
+from dataclasses import dataclass, field
+from typing import Optional
+from .core import Config, load_config_file
+
+@dataclass
+class DataConfig(Config):
+    "Where training text comes from and how it is cut."
+    corpus: str = 'demo'                       # 'demo' (the Python standard library) or a file/folder of text, JSONL, Parquet
+    tokenizer: str = 'smollm2-135m-instruct'
+    block_size: int = 256
+    val_fraction: float = 0.05
+    max_docs: Optional[int] = None
+    text_field: str = 'text'
+    seed: int = 0
+
+def train_from_config(cfg:dict|str|Path, **train_overrides) -> dict:
+    "Build model and data from a config (dict or file with `model`, `data`, `train` sections) and train."
+    from llmlab.model import Llama, ModelConfig
+    from llmlab.data import TokenShards, build_shards, demo_shards, load_corpus, split_documents
+    from llmlab.train import Trainer, TrainConfig
+    from llmlab.checkpoints import cache_root
+    d = load_config_file(cfg) if isinstance(cfg, (str, Path)) else dict(cfg)
+    unknown = set(d) - {'model', 'data', 'train'}
+    if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)}; use model, data, train")
+    data = DataConfig.from_dict(d.get('data', {}), prefix='data')
+    train = TrainConfig.from_dict({**d.get('train', {}), **train_overrides}, prefix='train')
+    tok = load_tokenizer(data.tokenizer)
+    if data.corpus == 'demo':
+        tr, va = demo_shards(tok, block_size=data.block_size, max_docs=data.max_docs, val_fraction=data.val_fraction,
+                             seed=data.seed, progress=train.progress)
+    else:
+        docs = load_corpus(data.corpus, data.text_field)[:data.max_docs]
+        tr_docs, va_docs = split_documents(docs, data.val_fraction, data.seed)
+        root = Path(train.run_dir) / 'data'
+        tr = TokenShards(build_shards(tr_docs, tok, root / 'train', progress=train.progress), data.block_size)
+        va = TokenShards(build_shards(va_docs, tok, root / 'val', progress=train.progress), data.block_size) if va_docs else None
+    m = dict(d.get('model', {}))
+    if 'pretrained' in m: model = load_pretrained(m.pop('pretrained'), progress=train.progress)
+    else:
+        seed_everything(train.seed)
+        model = Llama(ModelConfig.from_dict({'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
+                                             'max_position_embeddings': data.block_size, **m}, prefix='model'))
+    trainer = Trainer(model, train, tr, va)
+    summary = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        from llmlab.train import plot_metrics
+        plot_metrics(train.run_dir).figure.savefig(Path(train.run_dir) / 'loss.png', dpi=120, bbox_inches='tight')
+    return {**summary, 'parameters': sum(p.numel() for p in model.parameters()), 'run_dir': train.run_dir}
+
+QUICKSTART_TRAIN = {
+    'model': {'hidden_size': 256, 'intermediate_size': 688, 'num_hidden_layers': 4, 'num_attention_heads': 4,
+              'num_key_value_heads': 2, 'tie_word_embeddings': True},
+    'data': {'corpus': 'demo', 'block_size': 128},
+    'train': {'max_steps': 2000, 'batch_size': 16, 'lr': 1e-3, 'warmup_steps': 50, 'eval_every': 100, 'eval_batches': 8,
+              'save_every': 500, 'log_every': 10, 'schedule': 'constant'},
+}
+
+def _train_cmd(a):
+    overrides = {k: v for k, v in {'max_steps': a.max_steps, 'run_dir': a.run_dir, 'max_minutes': a.max_minutes,
+                                   'resume': a.resume}.items() if v is not None}
+    s = train_from_config(a.config, **overrides)
+    print(json.dumps(s, indent=2, default=str))
+
+# %% ../nbs/13_cli.ipynb #97ea8227
 def _generate_cmd(a):
     m = load_pretrained(a.model, dtype=a.dtype, device=get_device(a.device), progress=not a.quiet)
     tok = load_tokenizer(a.model)
@@ -77,7 +148,7 @@ def _generate_cmd(a):
               repetition_penalty=a.repetition_penalty, num_beams=a.num_beams, stop_strings=a.stop or None)
     print(generate_text(m, tok, prompt, max_new_tokens=a.max_new_tokens, **kw))
 
-# %% ../nbs/13_cli.ipynb #97ea8227
+# %% ../nbs/13_cli.ipynb #4c28374e
 def _eval_cmd(a):
     from llmlab.eval import EvalModel, run_evaluation, compare_runs
     m = load_pretrained(a.model, dtype=a.dtype, device=get_device(a.device), progress=not a.quiet)
@@ -94,7 +165,7 @@ def _eval_cmd(a):
         table = compare_runs(a.baseline, [a.run_dir])
         print(table.to_string(index=False) if len(table) else f"no tasks in common with {a.baseline}")
 
-# %% ../nbs/13_cli.ipynb #4c28374e
+# %% ../nbs/13_cli.ipynb #1d79abd6
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='llmlab', description='llmlab: train, evaluate and inspect LLMs.')
     sub = p.add_subparsers(dest='command', required=True)
@@ -104,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--max-new-tokens', type=int, default=64)
     q.add_argument('--run-dir', default='runs/quickstart')
     q.add_argument('--device', default='auto'); q.add_argument('--dtype', default='float32')
+    q.add_argument('--train-minutes', type=float, default=2.0, help='minutes of training a small model (0 skips it)')
+    t = sub.add_parser('train', help='train from a config file (under torchrun / accelerate launch for several processes)')
+    t.add_argument('config', help='YAML or TOML with model, data and train sections')
+    t.add_argument('--max-steps', type=int, default=None); t.add_argument('--max-minutes', type=float, default=None)
+    t.add_argument('--run-dir', default=None); t.add_argument('--resume', default=None, help="'auto' or a checkpoint folder")
     g = sub.add_parser('generate', help='generate a reply to one prompt')
     g.add_argument('prompt')
     g.add_argument('--model', default='smollm2-135m-instruct')
@@ -133,10 +209,13 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         if a.command == 'quickstart':
-            quickstart(a.model, a.prompt, a.max_new_tokens, a.run_dir, a.device, a.dtype)
+            quickstart(a.model, a.prompt, a.max_new_tokens, a.run_dir, a.device, a.dtype, train_minutes=a.train_minutes)
         elif a.command == 'generate': _generate_cmd(a)
         elif a.command == 'eval': _eval_cmd(a)
+        elif a.command == 'train': _train_cmd(a)
     except (LlmlabError, FileNotFoundError) as e:
         print(f"llmlab {a.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
+
+if __name__ == '__main__': sys.exit(main())   # python -m llmlab.cli ..., e.g. under torchrun

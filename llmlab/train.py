@@ -19,7 +19,8 @@ from .core import Config, ConfigError, LlmlabError, init_run_dir, seed_everythin
 from .data import ResumableSampler
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'NonFiniteLossError', 'Trainer', 'read_metrics']
+__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'NonFiniteLossError', 'Trainer', 'read_metrics',
+           'plot_metrics']
 
 # %% ../nbs/08_train.ipynb #48494a34
 @dataclass
@@ -47,6 +48,7 @@ class TrainConfig(Config):
     max_bad_steps: int = 5                   # consecutive non-finite steps before the run stops
     seed: int = 0
     resume: Optional[str] = None             # 'auto' (latest checkpoint of run_dir, if any) or a checkpoint folder
+    max_minutes: Optional[float] = None      # stop (with a final evaluation and checkpoint) after this much training time
     progress: bool = True
 
     def validate(self):
@@ -210,6 +212,7 @@ class Trainer:
         batches = self._batches()
         bar = tqdm(total=c.max_steps, initial=st.step, desc='training', disable=not (c.progress and acc.is_main_process))
         t0, tokens0, last = time.perf_counter(), st.tokens, {}
+        started = time.perf_counter()
         while st.step < c.max_steps and not self.should_stop:
             total_loss = torch.zeros((), device=acc.device)
             for micro in range(self.accum):
@@ -241,19 +244,23 @@ class Trainer:
                     raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last at step {st.step}); "
                                              "lower the learning rate, enable grad_clip, or use bf16 instead of fp16")
                 continue
-            if st.step % c.log_every == 0 or st.step == c.max_steps:
+            out_of_time = c.max_minutes is not None and time.perf_counter() - started > 60 * c.max_minutes
+            final = st.step == c.max_steps or out_of_time or self.should_stop
+            if st.step % c.log_every == 0 or final:
                 dt = time.perf_counter() - t0
                 record.update(tokens_per_second=(st.tokens - tokens0) / dt if dt else None, peak_memory_mb=_peak_memory_mb(acc.device))
                 t0, tokens0 = time.perf_counter(), st.tokens
                 self._log(record); last = record
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
             self._callback('on_step_end', record)
-            if self.val_data is not None and (st.step % c.eval_every == 0 or st.step == c.max_steps):
+            final = final or self.should_stop
+            if self.val_data is not None and (st.step % c.eval_every == 0 or final):
                 ev = {'step': st.step, **self.evaluate()}
                 if ev['val_loss'] < st.best_val: st.best_val, st.best_step = ev['val_loss'], st.step
                 self._log(ev); last = {**last, **ev}
                 self._callback('on_eval', ev)
-            if st.step % c.save_every == 0 or st.step == c.max_steps: self.save_checkpoint()
+            if st.step % c.save_every == 0 or final: self.save_checkpoint()
+            if out_of_time: break
         bar.close()
         self._callback('on_train_end')
         summary = {'step': st.step, 'tokens': st.tokens, 'best_val_loss': st.best_val if st.best_step else None,
@@ -269,3 +276,15 @@ def read_metrics(run_dir) -> list[dict]:
     "The records of a run's `metrics.jsonl`."
     p = Path(run_dir) / 'metrics.jsonl'
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
+def plot_metrics(run_dir, ax=None):
+    "Training and validation loss against step, read from the run folder."
+    import matplotlib.pyplot as plt
+    recs = read_metrics(run_dir)
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    train = [(r['step'], r['loss']) for r in recs if 'loss' in r and not r.get('skipped')]
+    val = [(r['step'], r['val_loss']) for r in recs if 'val_loss' in r]
+    if train: ax.plot(*zip(*train), label='train loss', lw=1)
+    if val: ax.plot(*zip(*val), 'o-', label='validation loss')
+    ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
+    return ax
