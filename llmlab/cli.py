@@ -218,4 +218,5 @@ def main(argv=None) -> int:
         return 2
     return 0
 
-if __name__ == '__main__': sys.exit(main())   # python -m llmlab.cli ..., e.g. under torchrun
+# %% ../nbs/13_cli.ipynb #cb1afd1f
+if __name__ == '__main__': sys.exit(main())

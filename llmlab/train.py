@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/train.html.md"""
 
 # %% ../nbs/08_train.ipynb #8ab845d0
 from __future__ import annotations
-import json, math, os, resource, shutil, time, warnings
+import contextlib, json, math, os, resource, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -218,7 +218,7 @@ class Trainer:
             for micro in range(self.accum):
                 batch = next(batches)
                 sync = micro == self.accum - 1
-                ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else _nullcontext()
+                ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
                 with ctx, acc.autocast():
                     loss = self.loss_fn(self.model, batch) / self.accum
                 acc.backward(loss)
@@ -267,10 +267,6 @@ class Trainer:
                    'best_step': st.best_step, **{k: v for k, v in last.items() if k != 'step'}}
         if acc.is_main_process: write_json_atomic(self.run_dir / 'summary.json', summary)
         return summary
-
-class _nullcontext:
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
 
 def read_metrics(run_dir) -> list[dict]:
     "The records of a run's `metrics.jsonl`."
