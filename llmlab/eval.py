@@ -554,9 +554,9 @@ def _evaluate_items(lm, task:Task, ids:list[int]) -> list[dict]:
         prompts = [task.text(docs[i]) for i in ids]
         completions = [lm.generate_until([(p, c.generation_kwargs)] * c.samples) for p in prompts]
         out = []
-        for i, samples in zip(ids, completions):
+        for i, prompt, samples in zip(ids, prompts, completions):
             results = [run_sandboxed(program_for(docs[i], s), timeout=c.timeout) for s in samples]
-            out.append({'id': i, 'prompt': prompts[ids.index(i)], 'target': None, 'prediction': samples,
+            out.append({'id': i, 'prompt': prompt, 'target': None, 'prediction': samples,
                         'statuses': [r.status for r in results], 'scores': {'passed': [r.status == 'passed' for r in results]}})
         return out
     raise ConfigError(f"unknown task kind {c.kind!r}")
