@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_interp.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_train.py
 
 export: install
 	$(BIN)/nbdev-export

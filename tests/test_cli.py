@@ -25,9 +25,12 @@ def test_bad_model_name_is_one_clear_line_and_exit_status_2():
 
 def test_quickstart_writes_its_run_folder(tmp_path):
     import json
-    r = run('quickstart', '--max-new-tokens', '8', '--run-dir', str(tmp_path / 'qs'))
+    r = run('quickstart', '--max-new-tokens', '8', '--run-dir', str(tmp_path / 'qs'), '--train-minutes', '0.05')
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / 'qs' / 'summary.json').read_text())
     run_info = json.loads((tmp_path / 'qs' / 'run.json').read_text())
     assert f"{summary['perplexity']:.2f}" in r.stdout
     assert run_info['kind'] == 'quickstart' and run_info['config']['max_new_tokens'] == 8
+    train = summary['train']                                   # step 4: a small model trained on the stdlib
+    assert train['step'] >= 1 and train['parameters'] > 10e6 and 0 < train['val_loss'] < 20
+    assert (tmp_path / 'qs' / 'train' / 'loss.png').exists() and f"validation loss {train['val_loss']:.3f}" in r.stdout
