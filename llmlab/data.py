@@ -19,7 +19,7 @@ from .core import ConfigError, write_json_atomic
 
 # %% auto #0
 __all__ = ['load_corpus', 'demo_corpus', 'split_documents', 'tokenize_documents', 'pack_stream', 'TokenShards', 'build_shards',
-           'ResumableSampler', 'demo_shards']
+           'ResumableSampler', 'demo_shards', 'chat_example', 'ChatDataset']
 
 # %% ../nbs/04_data.ipynb #1bfa232f
 _TEXT_SUFFIXES = ('.txt', '.md', '.py', '.rst')
@@ -179,3 +179,32 @@ def demo_shards(tokenizer, root=None, block_size:int=256, max_docs:int|None=None
     root = Path(root or cache_root() / 'data' / f'stdlib-{name}-{max_docs or "all"}-{seed}')
     return (TokenShards(build_shards(train, tokenizer, root / 'train', progress=progress), block_size),
             TokenShards(build_shards(val, tokenizer, root / 'val', progress=progress), block_size))
+
+# %% ../nbs/04_data.ipynb #551c26a7
+def chat_example(messages:Sequence[dict], tokenizer, max_length:int=512) -> dict:
+    "`input_ids` of the rendered chat and `labels` that are -100 except on the assistant's tokens."
+    def ids(msgs, gen=False):
+        return tokenizer.apply_chat_template(list(msgs), tokenize=True, add_generation_prompt=gen, return_dict=False)
+    full = list(ids(messages))
+    labels = [-100] * len(full)
+    for i, m in enumerate(messages):
+        if m['role'] != 'assistant': continue
+        start, end = len(ids(messages[:i], gen=True)), len(ids(messages[:i + 1]))
+        if full[:end] != list(ids(messages[:i + 1])):
+            raise ValueError("the chat template renders a prefix of the conversation differently; cannot locate the assistant's tokens")
+        labels[start:end] = full[start:end]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    full, labels = full[:max_length], labels[:max_length]
+    n = max_length - len(full)
+    return {'input_ids': torch.tensor(full + [pad] * n), 'labels': torch.tensor(labels + [-100] * n)}
+
+class ChatDataset(torch.utils.data.Dataset):
+    "Chat examples as the Trainer takes them: `labels[t]` is the token after `input_ids[t]`, -100 outside the assistant's replies."
+    def __init__(self, conversations:Sequence[Sequence[dict]], tokenizer, max_length:int=512):
+        self.examples = []
+        for conv in conversations:
+            ex = chat_example(conv, tokenizer, max_length + 1)
+            # next-token prediction: position t predicts token t + 1
+            self.examples.append({'input_ids': ex['input_ids'][:-1], 'labels': ex['labels'][1:]})
+    def __len__(self): return len(self.examples)
+    def __getitem__(self, i): return self.examples[i]

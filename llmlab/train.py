@@ -20,7 +20,7 @@ from .data import ResumableSampler
 
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'NonFiniteLossError', 'Trainer', 'read_metrics',
-           'plot_metrics']
+           'plot_metrics', 'add_lora']
 
 # %% ../nbs/08_train.ipynb #48494a34
 @dataclass
@@ -284,3 +284,10 @@ def plot_metrics(run_dir, ax=None):
     if val: ax.plot(*zip(*val), 'o-', label='validation loss')
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
     return ax
+
+# %% ../nbs/08_train.ipynb #2a698f5f
+def add_lora(model, r:int=8, alpha:int=16, dropout:float=0.0, target_modules:Sequence[str]=('q_proj', 'v_proj')):
+    "The model with LoRA adapters on `target_modules` (via `peft`); only the adapters require gradients."
+    try: from peft import LoraConfig, get_peft_model
+    except ImportError: raise ImportError("LoRA needs peft: pip install peft") from None
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)))
