@@ -13,7 +13,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from .model import Llama
 
 # %% auto #0
-__all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp']
+__all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp', 'LlamaStage', 'pipeline_stage', 'pipeline_schedule']
 
 # %% ../nbs/07_parallel.ipynb #cebc38bf
 def tensor_parallel_plan() -> dict:
@@ -42,3 +42,38 @@ def apply_fsdp(model:Llama, mesh:DeviceMesh, reshard_after_forward:bool=True) ->
     for block in model.layers: fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
+
+# %% ../nbs/07_parallel.ipynb #186cd013
+class LlamaStage(nn.Module):
+    "Blocks `lo:hi` of an llmlab `Llama` (with the embedding on the first stage and norm + output on the last)."
+    def __init__(self, model:Llama, lo:int, hi:int):
+        super().__init__()
+        n = model.config.num_hidden_layers
+        self.embed_tokens = model.embed_tokens if lo == 0 else None
+        self.layers = nn.ModuleList(model.layers[lo:hi])
+        self.rotary = model.rotary
+        self.norm, self.lm_head = (model.norm, model.lm_head) if hi == n else (None, None)
+        self.lo = lo
+
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        if self.embed_tokens is not None: x = self.embed_tokens(x)
+        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        cos, sin = self.rotary(positions, x.dtype)
+        for block in self.layers: x = block(x, cos, sin)
+        return self.lm_head(self.norm(x)) if self.lm_head is not None else x
+
+def pipeline_stage(model:Llama, stage_index:int, n_stages:int) -> LlamaStage:
+    "This rank's stage when the blocks are split as evenly as possible into `n_stages`."
+    n = model.config.num_hidden_layers
+    if n < n_stages: raise ValueError(f"{n} layers cannot fill {n_stages} pipeline stages")
+    bounds = [round(i * n / n_stages) for i in range(n_stages + 1)]
+    return LlamaStage(model, bounds[stage_index], bounds[stage_index + 1])
+
+def pipeline_schedule(stage_module:nn.Module, stage_index:int, n_stages:int, n_microbatches:int, loss_fn, schedule:str='1f1b',
+                      device=None, group=None):
+    "A `torch.distributed.pipelining` schedule ('1f1b' or 'gpipe') over this rank's stage."
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    kinds = {'1f1b': Schedule1F1B, 'gpipe': ScheduleGPipe}
+    if schedule not in kinds: raise ValueError(f"schedule={schedule!r}: use one of {', '.join(kinds)}")
+    stage = PipelineStage(stage_module, stage_index, n_stages, device or torch.device('cpu'), group=group)
+    return kinds[schedule](stage, n_microbatches=n_microbatches, loss_fn=loss_fn)
