@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -19,8 +20,8 @@ from .core import Config, ConfigError, LlmlabError, init_run_dir, seed_everythin
 from .data import ResumableSampler
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'NonFiniteLossError', 'Trainer', 'read_metrics',
-           'plot_metrics', 'add_lora']
+__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'apply_activation_checkpointing',
+           'NonFiniteLossError', 'flops_per_token', 'Trainer', 'read_metrics', 'plot_metrics', 'add_lora']
 
 # %% ../nbs/08_train.ipynb #48494a34
 @dataclass
@@ -49,6 +50,10 @@ class TrainConfig(Config):
     seed: int = 0
     resume: Optional[str] = None             # 'auto' (latest checkpoint of run_dir, if any) or a checkpoint folder
     max_minutes: Optional[float] = None      # stop (with a final evaluation and checkpoint) after this much training time
+    activation_checkpointing: bool = False   # recompute each block's activations in the backward pass
+    compile: bool = False                    # torch.compile the model
+    trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers, used when installed
+    peak_tflops: Optional[float] = None      # the hardware's peak per process, for MFU (e.g. 989 for an H100 in bf16)
     progress: bool = True
 
     def validate(self):
@@ -98,12 +103,33 @@ def latest_checkpoint(run_dir) -> Path|None:
     return ckpt if ckpt.exists() else None
 
 # %% ../nbs/08_train.ipynb #adb8304f
+def apply_activation_checkpointing(model) -> nn.Module:
+    "Recompute each decoder block's activations in the backward pass (in place)."
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing as _apply
+    from llmlab.model import Block
+    _apply(model, check_fn=lambda m: isinstance(m, Block) or type(m).__name__.endswith('DecoderLayer'))
+    return model
+
+# %% ../nbs/08_train.ipynb #461eaf32
 class NonFiniteLossError(LlmlabError):
     "Too many consecutive steps had a non-finite loss or gradient."
 
 def _peak_memory_mb(device) -> float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KB
+
+def flops_per_token(model, seq_len:int) -> float:
+    "Training FLOPs per token: 6 x parameters (forward and backward) plus attention's 12 x layers x width x sequence."
+    cfg = getattr(model, 'config', None)
+    n = sum(p.numel() for p in model.parameters())
+    if cfg is None: return 6.0 * n
+    heads, head_dim = cfg.num_attention_heads, getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * heads * head_dim * seq_len
+
+def _available_trackers(names) -> list[str]:
+    import importlib.util
+    module = {'tensorboard': 'tensorboard', 'wandb': 'wandb', 'mlflow': 'mlflow'}
+    return [n for n in names if importlib.util.find_spec(module.get(n, n)) is not None]
 
 def _loss(model, batch) -> torch.Tensor:
     out = model(batch['input_ids'])
@@ -117,12 +143,17 @@ class Trainer:
         self.config, self.train_data, self.val_data, self.callbacks, self.loss_fn = config, train_data, val_data, list(callbacks), loss_fn
         if config.mixed_precision == 'fp16' and not torch.cuda.is_available():
             raise ConfigError("mixed_precision='fp16' needs a GPU (Accelerate ignores it on the CPU); use 'bf16' or 'no'")
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+        trackers = _available_trackers(config.trackers)
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                                                      log_with=trackers or None, project_dir=config.run_dir)
         acc = self.accelerator
         self.accum = config.accumulation_steps(acc.num_processes)
         self.micro = config.batch_size // (self.accum * acc.num_processes)
         self.run_dir = Path(config.run_dir)
         seed_everything(config.seed)
+        if config.activation_checkpointing: apply_activation_checkpointing(model)
+        if config.compile: model.compile()
+        self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW([{'params': decay, 'weight_decay': config.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
@@ -202,6 +233,7 @@ class Trainer:
         c, acc, st = self.config, self.accelerator, self.state
         if acc.is_main_process and not (self.run_dir / 'run.json').exists():
             init_run_dir(self.run_dir, c, seed=c.seed, kind='train')
+        if acc.log_with: acc.init_trackers(self.run_dir.name, config={k: v for k, v in c.to_dict().items() if isinstance(v, (int, float, str, bool))})
         resume = latest_checkpoint(self.run_dir) if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
         if resume is not None:
             self.load_checkpoint(resume)
@@ -248,7 +280,10 @@ class Trainer:
             final = st.step == c.max_steps or out_of_time or self.should_stop
             if st.step % c.log_every == 0 or final:
                 dt = time.perf_counter() - t0
-                record.update(tokens_per_second=(st.tokens - tokens0) / dt if dt else None, peak_memory_mb=_peak_memory_mb(acc.device))
+                tps = (st.tokens - tokens0) / dt if dt else None
+                record.update(tokens_per_second=tps, peak_memory_mb=_peak_memory_mb(acc.device),
+                              model_tflops=tps * self.flops_per_token / 1e12 if tps else None)
+                if c.peak_tflops and tps: record['mfu'] = record['model_tflops'] / (c.peak_tflops * acc.num_processes)
                 t0, tokens0 = time.perf_counter(), st.tokens
                 self._log(record); last = record
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -263,6 +298,7 @@ class Trainer:
             if out_of_time: break
         bar.close()
         self._callback('on_train_end')
+        if acc.log_with: acc.end_training()
         summary = {'step': st.step, 'tokens': st.tokens, 'best_val_loss': st.best_val if st.best_step else None,
                    'best_step': st.best_step, **{k: v for k, v in last.items() if k != 'step'}}
         if acc.is_main_process: write_json_atomic(self.run_dir / 'summary.json', summary)
@@ -285,7 +321,7 @@ def plot_metrics(run_dir, ax=None):
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
     return ax
 
-# %% ../nbs/08_train.ipynb #2a698f5f
+# %% ../nbs/08_train.ipynb #d68f452f
 def add_lora(model, r:int=8, alpha:int=16, dropout:float=0.0, target_modules:Sequence[str]=('q_proj', 'v_proj')):
     "The model with LoRA adapters on `target_modules` (via `peft`); only the adapters require gradients."
     try: from peft import LoraConfig, get_peft_model
