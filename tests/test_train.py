@@ -13,6 +13,12 @@ SCRIPT = textwrap.dedent('''
     from llmlab.train import Trainer, TrainConfig
     data_dir, run_dir, batch, micro, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     slow = float(os.environ.get('SLOW_STEP', '0'))
+    if os.environ.get('SLOW_SAVE'):   # widen the moment between writing a checkpoint folder and renaming it into place
+        import accelerate
+        real_save = accelerate.Accelerator.save_state
+        def slow_save(self, *a, **k):
+            out = real_save(self, *a, **k); time.sleep(float(os.environ['SLOW_SAVE'])); return out
+        accelerate.Accelerator.save_state = slow_save
     torch.manual_seed(0)
     model = Llama(ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               max_position_embeddings=64))
@@ -73,7 +79,7 @@ def test_ddp_with_accumulation_and_clipping_equals_one_process(data, tmp_path):
 def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
     d, script = data
     run([sys.executable, str(script), str(d), str(tmp_path / 'full'), '8', '4', '24', 'none'], env={'SAVE_EVERY': '4'})
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SAVE_EVERY': '4', 'SLOW_STEP': '0.15'}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SAVE_EVERY': '4', 'SLOW_STEP': '0.15', 'SLOW_SAVE': '0.3'}
     p = subprocess.Popen([sys.executable, str(script), str(d), str(tmp_path / 'killed'), '8', '4', '24', 'none'], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir, metrics = tmp_path / 'killed' / 'checkpoints', tmp_path / 'killed' / 'metrics.jsonl'
