@@ -471,19 +471,16 @@ def program_for(doc:dict, completion:str) -> str:
 def _mean_metric(key):
     return lambda items: float(np.mean([it['scores'][key] for it in items]))
 
-def _corpus_ppl(kind):
-    def f(items):
-        lp = sum(it['scores']['loglikelihood'] for it in items)
-        n = sum(it['scores'][kind] for it in items)
-        return -lp / n / math.log(2) if kind == 'bits_per_byte' else math.exp(-lp / n)
-    return f
+def _nll_per(unit):
+    "Negative log-likelihood per token, word or byte over all items (a ratio of sums, not a mean of ratios)."
+    return lambda items: -sum(it['scores']['loglikelihood'] for it in items) / sum(it['scores'][unit] for it in items)
 
-def _aggregators(task:TaskConfig, items:list[dict]) -> dict[str, Callable]:
+def _aggregators(task:TaskConfig) -> dict[str, Callable]:
     if task.kind == 'multiple_choice': return {'acc': _mean_metric('acc'), 'acc_norm': _mean_metric('acc_norm')}
     if task.kind == 'perplexity':
-        return {'token_perplexity': _corpus_ppl('tokens'), 'word_perplexity': _corpus_ppl('words'),
-                'byte_perplexity': _corpus_ppl('bytes'),
-                'bits_per_byte': lambda items: -sum(i['scores']['loglikelihood'] for i in items) / sum(i['scores']['bytes'] for i in items) / math.log(2)}
+        per_token, per_word, per_byte = _nll_per('tokens'), _nll_per('words'), _nll_per('bytes')
+        return {'token_perplexity': lambda items: math.exp(per_token(items)), 'word_perplexity': lambda items: math.exp(per_word(items)),
+                'byte_perplexity': lambda items: math.exp(per_byte(items)), 'bits_per_byte': lambda items: per_byte(items) / math.log(2)}
     if task.kind == 'code':
         ks = sorted({int(m.split('@')[1]) for m in task.metrics if m.startswith('pass@')} or {1})
         return {f'pass@{k}': (lambda items, k=k: float(np.mean([M.pass_at_k(len(i['scores']['passed']), sum(i['scores']['passed']), k) for i in items])))
@@ -552,7 +549,8 @@ def _evaluate_items(lm, task:Task, ids:list[int]) -> list[dict]:
         return out
     if c.kind == 'code':
         prompts = [task.text(docs[i]) for i in ids]
-        completions = [lm.generate_until([(p, c.generation_kwargs)] * c.samples) for p in prompts]
+        flat = lm.generate_until([(p, c.generation_kwargs) for p in prompts for _ in range(c.samples)])   # one batched call
+        completions = [flat[k * c.samples:(k + 1) * c.samples] for k in range(len(prompts))]
         out = []
         for i, prompt, samples in zip(ids, prompts, completions):
             results = [run_sandboxed(program_for(docs[i], s), timeout=c.timeout) for s in samples]
@@ -590,7 +588,7 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
         bar.update(len(recs))
     bar.close()
     items = [done[i] for i in range(len(t.docs))]
-    aggs = _aggregators(cfg, items)
+    aggs = _aggregators(cfg)
     scores = {k: f(items) for k, f in aggs.items()}
     stderr = {k: bootstrap_stderr(items, f, bootstrap_iters, seed) for k, f in aggs.items()}
     result = TaskResult(cfg.task, scores, stderr, len(items), items)
