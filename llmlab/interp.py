@@ -385,40 +385,34 @@ def _batched(model, corrupted:Tensor, hooks_for:Callable[[int], list], n_runs:in
         out.append(metric(logits).view(len(runs), N).mean(1))
     return torch.cat(out)
 
-def patch_residual(model, clean:Tensor, corrupted:Tensor, metric:Callable[[Tensor], Tensor], activation:str='resid_pre',
-                   batch_runs:int=16) -> Tensor:
-    "Metric after patching the clean `activation` into the corrupted run, for every (layer, position): `(layers, pos)`."
+def _patch_sweep(model, clean:Tensor, corrupted:Tensor, metric, activation:str, dim:int, batch_runs:int) -> Tensor:
+    "Patch each index along `dim` of the clean `activation` of every layer into the corrupted run: `(layers, size of dim)`."
     if clean.shape != corrupted.shape: raise ValueError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must have the same shape")
-    L, (N, T) = n_layers(model), clean.shape
+    L, N = n_layers(model), len(clean)
     _, cache = run_with_cache(model, clean, names_filter=[act_name(activation, l) for l in range(L)], device=None)
-    result = torch.zeros(L, T)
+    size = cache[activation, 0].shape[dim]
+    result = torch.zeros(L, size)
     for l in range(L):
         name = act_name(activation, l)
         def hooks_for(runs, name=name):
             def fn(x, hook):
                 x = x.clone()
-                for r, pos in enumerate(runs): x[r * N:(r + 1) * N, pos] = cache[name][:, pos]
+                for r, i in enumerate(runs):
+                    index = (slice(None),) * (dim - 1) + (i,)                 # position or head i
+                    x[(slice(r * N, (r + 1) * N),) + index] = cache[name][(slice(None),) + index]   # run r's copy of the prompts
                 return x
             return [(name, fn)]
-        result[l] = _batched(model, corrupted, hooks_for, T, metric, batch_runs)
+        result[l] = _batched(model, corrupted, hooks_for, size, metric, batch_runs)
     return result
+
+def patch_residual(model, clean:Tensor, corrupted:Tensor, metric:Callable[[Tensor], Tensor], activation:str='resid_pre',
+                   batch_runs:int=16) -> Tensor:
+    "Metric after patching the clean `activation` into the corrupted run, for every (layer, position): `(layers, pos)`."
+    return _patch_sweep(model, clean, corrupted, metric, activation, 1, batch_runs)
 
 def patch_heads(model, clean:Tensor, corrupted:Tensor, metric:Callable[[Tensor], Tensor], batch_runs:int=16) -> Tensor:
     "Metric after patching each head's clean output (`hook_z`, all positions) into the corrupted run: `(layers, heads)`."
-    L = n_layers(model)
-    _, cache = run_with_cache(model, clean, names_filter=[act_name('z', l) for l in range(L)], device=None)
-    N, H = len(clean), cache['z', 0].shape[2]
-    result = torch.zeros(L, H)
-    for l in range(L):
-        name = act_name('z', l)
-        def hooks_for(runs, name=name):
-            def fn(x, hook):
-                x = x.clone()
-                for r, head in enumerate(runs): x[r * N:(r + 1) * N, :, head] = cache[name][:, :, head]
-                return x
-            return [(name, fn)]
-        result[l] = _batched(model, corrupted, hooks_for, H, metric, batch_runs)
-    return result
+    return _patch_sweep(model, clean, corrupted, metric, 'z', 2, batch_runs)
 
 def normalized_recovery(result:Tensor, clean_value:float, corrupted_value:float) -> Tensor:
     "0 where patching left the corrupted metric, 1 where it restored the clean one."
