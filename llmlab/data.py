@@ -164,10 +164,15 @@ class ResumableSampler(torch.utils.data.Sampler):
             yield i
         self.epoch, self.position = self.epoch + 1, 0
 
-    def state_dict(self) -> dict: return {'epoch': self.epoch, 'position': self.position, 'seed': self.seed}
+    def state_dict(self) -> dict:
+        return {'epoch': self.epoch, 'position': self.position, 'seed': self.seed, 'world_size': self.world_size}
     def load_state_dict(self, state:dict):
         if state['seed'] != self.seed: raise ConfigError(f"sampler state has seed {state['seed']}, this sampler {self.seed}: resume with the same seed")
-        self.epoch, self.position = state['epoch'], state['position']
+        consumed = state['position'] * state.get('world_size', self.world_size)   # indices taken by all ranks together
+        if consumed % self.world_size:
+            raise ConfigError(f"the checkpoint stopped after {consumed} samples of the epoch, which {self.world_size} ranks cannot split evenly; "
+                              f"resume on a number of processes that divides {consumed}")
+        self.epoch, self.position = state['epoch'], consumed // self.world_size
 
 # %% ../nbs/04_data.ipynb #59a31b80
 def demo_shards(tokenizer, root=None, block_size:int=256, max_docs:int|None=None, val_fraction:float=0.05,

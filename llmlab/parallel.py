@@ -1,4 +1,4 @@
-"""Tensor parallelism and FSDP2 applied to a built llmlab model from outside, as torchtitan does: the model's code knows nothing of them.
+"""Tensor parallelism, FSDP2, both on a 2-d mesh, and pipeline stages, applied to a built llmlab model from outside, as torchtitan does: the model's code knows nothing of them.
 
 Docs: https://llmlab.github.io/llmlab/parallel.html.md"""
 
@@ -13,7 +13,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from .model import Llama
 
 # %% auto #0
-__all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp', 'LlamaStage', 'pipeline_stage', 'pipeline_schedule']
+__all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp', 'parallel_mesh', 'parallelize', 'data_parallel_rank',
+           'clip_grad_norm', 'LlamaStage', 'pipeline_stage', 'pipeline_schedule']
 
 # %% ../nbs/07_parallel.ipynb #cebc38bf
 def tensor_parallel_plan() -> dict:
@@ -44,6 +45,44 @@ def apply_fsdp(model:Llama, mesh:DeviceMesh, reshard_after_forward:bool=True) ->
     return model
 
 # %% ../nbs/07_parallel.ipynb #186cd013
+def parallel_mesh(world_size:int, tp:int=1, device_type:str='cpu') -> DeviceMesh:
+    "A `(dp, tp)` device mesh over `world_size` ranks."
+    if tp < 1 or world_size % tp:
+        raise ValueError(f"tensor-parallel size {tp} does not divide the {world_size} processes; choose tp_size among the divisors of {world_size}")
+    return init_device_mesh(device_type, (world_size // tp, tp), mesh_dim_names=('dp', 'tp'))
+
+def parallelize(model:Llama, mesh:DeviceMesh, fsdp:bool=True) -> Llama:
+    "Tensor parallel over `mesh['tp']` (when larger than 1), then FSDP2 over `mesh['dp']` (when `fsdp`), in place."
+    if mesh['tp'].size() > 1: apply_tensor_parallel(model, mesh['tp'])
+    if fsdp: apply_fsdp(model, mesh['dp'])
+    return model
+
+def data_parallel_rank(mesh:DeviceMesh|None) -> tuple[int, int]:
+    "(rank, size) of this process among the data-parallel shards."
+    if mesh is None: return 0, 1
+    return mesh['dp'].get_local_rank(), mesh['dp'].size()
+
+# %% ../nbs/07_parallel.ipynb #6aad2cc7
+def clip_grad_norm(parameters, max_norm:float|None) -> torch.Tensor:
+    "The total gradient norm over plain tensors and DTensors alike; gradients are scaled down to `max_norm` if it is exceeded."
+    from torch.distributed.tensor import DTensor
+    grads = [p.grad for p in parameters if p.grad is not None]
+    groups = {}
+    for g in grads:
+        key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else None
+        groups.setdefault(key, []).append(g)
+    sq = []
+    for key, gs in groups.items():
+        n = torch.nn.utils.get_total_norm(gs, norm_type=2.0, foreach=False)
+        sq.append((n.full_tensor() if isinstance(n, DTensor) else n).float() ** 2)
+    total = torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
+    if max_norm is not None and torch.isfinite(total):
+        coef = float(max_norm) / (float(total) + 1e-6)
+        if coef < 1:
+            for g in grads: g.mul_(coef)
+    return total
+
+# %% ../nbs/07_parallel.ipynb #13c11a5d
 class LlamaStage(nn.Module):
     "Blocks `lo:hi` of an llmlab `Llama` (with the embedding on the first stage and norm + output on the last)."
     def __init__(self, model:Llama, lo:int, hi:int):

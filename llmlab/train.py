@@ -16,8 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Config, ConfigError, LlmlabError, init_run_dir, seed_everything, write_json_atomic
+from .core import CheckpointError, Config, ConfigError, LlmlabError, init_run_dir, seed_everything, write_json_atomic
+from accelerate.utils import DistributedType
+
 from .data import ResumableSampler
+from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'apply_activation_checkpointing',
@@ -54,6 +57,9 @@ class TrainConfig(Config):
     compile: bool = False                    # torch.compile the model
     trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers, used when installed
     peak_tflops: Optional[float] = None      # the hardware's peak per process, for MFU (e.g. 989 for an H100 in bf16)
+    parallelism: Literal['ddp', 'fsdp', 'deepspeed'] = 'ddp'   # how the processes share the model (one process: no sharing)
+    tp_size: int = 1                         # tensor-parallel degree; with parallelism='fsdp' the mesh is (processes / tp_size, tp_size)
+    zero_stage: Literal[1, 2, 3] = 3         # DeepSpeed's ZeRO stage (parallelism='deepspeed')
     progress: bool = True
 
     def validate(self):
@@ -61,6 +67,10 @@ class TrainConfig(Config):
             if getattr(self, k) <= 0: raise ConfigError(f"{self._where(k)}={getattr(self, k)} must be positive")
         if self.warmup_steps < 0: raise ConfigError(f"{self._where('warmup_steps')}={self.warmup_steps} must be >= 0")
         if not 0 < self.decay_fraction <= 1: raise ConfigError(f"{self._where('decay_fraction')}={self.decay_fraction} must be in (0, 1]")
+        if self.tp_size < 1: raise ConfigError(f"{self._where('tp_size')}={self.tp_size} must be positive")
+        if self.tp_size > 1 and self.parallelism != 'fsdp':
+            raise ConfigError(f"{self._where('tp_size')}={self.tp_size} needs parallelism='fsdp' (tensor parallel inside FSDP; "
+                              f"with tp_size equal to the number of processes it is tensor parallel alone), not {self.parallelism!r}")
 
     def accumulation_steps(self, world_size:int) -> int:
         micro = self.micro_batch_size or max(1, self.batch_size // world_size)
@@ -131,6 +141,21 @@ def _available_trackers(names) -> list[str]:
     module = {'tensorboard': 'tensorboard', 'wandb': 'wandb', 'mlflow': 'mlflow'}
     return [n for n in names if importlib.util.find_spec(module.get(n, n)) is not None]
 
+def _make_accelerator(c:TrainConfig):
+    from accelerate import Accelerator
+    trackers = _available_trackers(c.trackers)
+    from accelerate.utils import ProjectConfiguration
+    project = ProjectConfiguration(project_dir=c.run_dir, logging_dir=str(Path(c.run_dir) / 'tensorboard'))
+    common = dict(mixed_precision=c.mixed_precision, log_with=trackers or None, project_config=project)
+    if c.parallelism != 'deepspeed': return Accelerator(cpu=not torch.cuda.is_available(), **common)
+    from accelerate import DeepSpeedPlugin
+    from accelerate.utils import InitProcessGroupKwargs
+    plugin = DeepSpeedPlugin(zero_stage=c.zero_stage, gradient_clipping=c.grad_clip or 0.0,
+                             zero3_save_16bit_model=True)   # whole weights can be gathered (in the training dtype)
+    # on a machine without GPUs Accelerate must be told gloo, or it starts DeepSpeed but believes it is alone
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend='gloo')]
+    return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, **common)
+
 def _loss(model, batch) -> torch.Tensor:
     out = model(batch['input_ids'])
     logits = out if isinstance(out, torch.Tensor) else out.logits
@@ -139,34 +164,60 @@ def _loss(model, batch) -> torch.Tensor:
 class Trainer:
     def __init__(self, model, config:TrainConfig, train_data, val_data=None, callbacks:Sequence=(), accelerator=None,
                  loss_fn:Callable=_loss):
-        from accelerate import Accelerator
-        self.config, self.train_data, self.val_data, self.callbacks, self.loss_fn = config, train_data, val_data, list(callbacks), loss_fn
-        if config.mixed_precision == 'fp16' and not torch.cuda.is_available():
+        c = config
+        self.config, self.train_data, self.val_data, self.callbacks, self.loss_fn = c, train_data, val_data, list(callbacks), loss_fn
+        if c.mixed_precision == 'fp16' and not torch.cuda.is_available():
             raise ConfigError("mixed_precision='fp16' needs a GPU (Accelerate ignores it on the CPU); use 'bf16' or 'no'")
-        trackers = _available_trackers(config.trackers)
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
-                                                      log_with=trackers or None, project_dir=config.run_dir)
-        acc = self.accelerator
-        self.accum = config.accumulation_steps(acc.num_processes)
-        self.micro = config.batch_size // (self.accum * acc.num_processes)
-        self.run_dir = Path(config.run_dir)
-        seed_everything(config.seed)
-        if config.activation_checkpointing: apply_activation_checkpointing(model)
-        if config.compile: model.compile()
+        acc = self.accelerator = accelerator or _make_accelerator(c)
+        self.mesh = None
+        if c.parallelism == 'deepspeed' and acc.distributed_type != DistributedType.DEEPSPEED:
+            raise ConfigError("parallelism='deepspeed' did not start DeepSpeed: launch with `accelerate launch` or `torchrun` "
+                              "(DeepSpeed needs a launcher even for one process) and install deepspeed")
+        if c.parallelism == 'fsdp' and acc.num_processes > 1:
+            self.mesh = parallel_mesh(acc.num_processes, c.tp_size, acc.device.type)
+        elif c.tp_size > 1:
+            raise ConfigError(f"tp_size={c.tp_size} needs a multiple of {c.tp_size} processes; this run has {acc.num_processes}")
+        self.dp_rank, self.dp_size = data_parallel_rank(self.mesh) if self.mesh is not None else (acc.process_index, acc.num_processes)
+        self.accum = c.accumulation_steps(self.dp_size)
+        self.micro = c.batch_size // (self.accum * self.dp_size)
+        self.run_dir = Path(c.run_dir)
+        seed_everything(c.seed)
+        if c.activation_checkpointing: apply_activation_checkpointing(model)
+        if c.compile: model.compile()
         self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])
+        if self.mesh is not None:   # sharded from outside, before the optimizer sees the parameters
+            parallelize(model.to(acc.device), self.mesh, fsdp=self.mesh['dp'].size() > 1)
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW([{'params': decay, 'weight_decay': config.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
-                                lr=config.lr, betas=config.betas, eps=config.eps, foreach=True)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, config))
+        from torch.distributed.tensor import DTensor
+        mixed = len({isinstance(p, DTensor) for p in decay + no_decay}) > 1   # TP alone: the fused multi-tensor path cannot mix the two
+        opt = torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
+                                lr=c.lr, betas=c.betas, eps=c.eps, foreach=not mixed)
         # the schedule counts optimizer steps; Accelerate's prepared scheduler would step once per process
-        self.model, self.optimizer = acc.prepare(model, opt)
-        self.scheduler = sched
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, c))
+        if self.deepspeed:
+            acc.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=self.micro, gradient_accumulation_steps=self.accum, train_batch_size=c.batch_size)
+        if c.parallelism == 'fsdp':   # FSDP2 and TP are applied above; Accelerate must not wrap the model in DDP too
+            self.model, self.optimizer = model.to(acc.device), acc.prepare(opt)
+        else:
+            self.model, self.optimizer = acc.prepare(model, opt)
         acc.register_for_checkpointing(self.scheduler)
-        self.sampler = ResumableSampler(len(train_data), seed=config.seed, rank=acc.process_index, world_size=acc.num_processes)
+        self.sampler = ResumableSampler(len(train_data), seed=c.seed, rank=self.dp_rank, world_size=self.dp_size)
         self.state = TrainerState(self.sampler)
         acc.register_for_checkpointing(self.state)
         self.should_stop, self.bad_steps = False, 0
+
+    @property
+    def deepspeed(self) -> bool: return self.config.parallelism == 'deepspeed'
+
+    def full_state_dict(self) -> dict:
+        "The whole model's weights on the CPU, gathered from every rank (a collective: call it on every rank; rank 0 gets them)."
+        if self.deepspeed: return {k: v.cpu() for k, v in (self.accelerator.get_state_dict(self.model) or {}).items()}
+        if self.config.parallelism == 'fsdp':
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
 
     # -- data
     def _batches(self):
@@ -187,7 +238,8 @@ class Trainer:
             ckdir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        if self.config.parallelism == 'fsdp': self._save_sharded(tmp)
+        else: acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(ckdir / name, ignore_errors=True)
@@ -199,7 +251,38 @@ class Trainer:
         acc.wait_for_everyone()
 
     def load_checkpoint(self, path):
-        self.accelerator.load_state(str(path))
+        path = Path(path)
+        if (path / 'dcp').is_dir(): self._load_sharded(path)
+        elif self.config.parallelism == 'fsdp':
+            raise CheckpointError(f"{path} was not written with parallelism='fsdp' (no dcp/ folder): resume it with the parallelism it was saved with")
+        else: self.accelerator.load_state(str(path))
+
+    # FSDP and TP: torch.distributed.checkpoint (DCP) writes each rank's shards and can load them into any other sharding
+    def _save_sharded(self, folder:Path):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer.optimizer)
+        dcp.save({'model': model_sd, 'optim': optim_sd}, checkpoint_id=str(folder / 'dcp'))
+        acc = self.accelerator
+        if acc.is_main_process:
+            torch.save({'trainer': self.state.state_dict(), 'scheduler': self.scheduler.state_dict()}, folder / 'trainer_state.pt')
+        rng = {'cpu': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+        torch.save(rng, folder / f'rng_state_{acc.process_index}.pt')
+
+    def _load_sharded(self, folder:Path):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer.optimizer)
+        state = {'model': model_sd, 'optim': optim_sd}
+        dcp.load(state, checkpoint_id=str(folder / 'dcp'))
+        set_state_dict(self.model, self.optimizer.optimizer, model_state_dict=state['model'], optim_state_dict=state['optim'])
+        saved = torch.load(folder / 'trainer_state.pt', weights_only=True)
+        self.state.load_state_dict(saved['trainer']); self.scheduler.load_state_dict(saved['scheduler'])
+        rng_file = folder / f'rng_state_{self.accelerator.process_index}.pt'
+        if rng_file.exists():   # absent when resuming on more processes than saved
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng['cpu'])
+            if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state(rng['cuda'])
 
     # -- evaluation
     @torch.no_grad()
@@ -207,15 +290,15 @@ class Trainer:
         if self.val_data is None: return {}
         self.model.eval()
         acc, losses = self.accelerator, []
-        n = min(len(self.val_data), self.config.eval_batches * self.micro * acc.num_processes)
-        mine = list(range(acc.process_index, n, acc.num_processes))
+        n = min(len(self.val_data), self.config.eval_batches * self.micro * self.dp_size) // self.dp_size * self.dp_size
+        mine = list(range(self.dp_rank, n, self.dp_size))   # equal shares: sharded models need every rank in every forward
         for s in range(0, len(mine), self.micro):
             idx = mine[s:s + self.micro]
             batch = {k: torch.stack([self.val_data[j][k] for j in idx]).to(acc.device) for k in ('input_ids', 'labels')}
             with acc.autocast(): losses.append(self.loss_fn(self.model, batch).float() * len(idx))
         total = acc.reduce(torch.stack(losses).sum().reshape(1), 'sum') if losses else torch.zeros(1)
         self.model.train()
-        val = float(total) / max(1, n)
+        val = float(total) / (acc.num_processes // self.dp_size) / max(1, n)   # tensor-parallel peers counted the same items
         return {'val_loss': val, 'val_perplexity': math.exp(min(val, 50))}
 
     def _log(self, record):
@@ -227,6 +310,15 @@ class Trainer:
         for cb in self.callbacks:
             fn = getattr(cb, name, None)
             if fn: fn(self, *args)
+
+    def _sync_context(self, sync:bool):
+        "Gradients are reduced across processes only on the last micro-batch of a step."
+        if self.config.parallelism == 'fsdp':
+            from torch.distributed.fsdp import FSDPModule
+            if isinstance(self.model, FSDPModule): self.model.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
+        if sync or self.accelerator.num_processes == 1 or self.deepspeed: return contextlib.nullcontext()
+        return self.accelerator.no_sync(self.model)
 
     # -- the loop
     def fit(self) -> dict:
@@ -249,25 +341,28 @@ class Trainer:
             total_loss = torch.zeros((), device=acc.device)
             for micro in range(self.accum):
                 batch = next(batches)
-                sync = micro == self.accum - 1
-                ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
-                with ctx, acc.autocast():
-                    loss = self.loss_fn(self.model, batch) / self.accum
-                acc.backward(loss)
-                total_loss += loss.detach()
-                st.tokens += batch['input_ids'].numel() * acc.num_processes
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))
+                with self._sync_context(micro == self.accum - 1), acc.autocast():
+                    loss = self.loss_fn(self.model, batch)
+                if self.deepspeed: self.model.backward(loss); self.model.step()   # DeepSpeed scales, accumulates, clips, steps
+                else: acc.backward(loss / self.accum)
+                total_loss += loss.detach() / self.accum
+                st.tokens += batch['input_ids'].numel() * self.dp_size
+            if self.deepspeed: grad_norm = self.model.get_global_grad_norm()
+            elif c.parallelism == 'fsdp': grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
+            else: grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))
+            grad_norm = float('nan') if grad_norm is None else float(grad_norm)
             mean_loss = acc.reduce(total_loss.reshape(1), 'mean')
-            finite = bool(torch.isfinite(mean_loss).all()) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+            finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
             if finite:
-                self.optimizer.step(); self.bad_steps = 0
-            else:
+                if not self.deepspeed: self.optimizer.step()
+                self.bad_steps = 0
+            else:   # under DeepSpeed the step has already been taken: it is logged, not skipped
                 self.bad_steps += 1
             self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if not self.deepspeed: self.optimizer.zero_grad(set_to_none=True)
             st.step += 1
             bar.update(1)
-            record = {'step': st.step, 'loss': float(mean_loss), 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': float(grad_norm),
+            record = {'step': st.step, 'loss': float(mean_loss), 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm,
                       'tokens': st.tokens}
             if not finite:
                 record['skipped'] = True

@@ -1,4 +1,4 @@
-"The Trainer across processes and crashes: DDP against one process, resume after SIGKILL (also mid-checkpoint)."
+"The Trainer across processes and crashes: DDP, FSDP2, TP, TP x FSDP and DeepSpeed against one process; resume after SIGKILL (also mid-checkpoint) and across world sizes."
 import json, os, random, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
@@ -23,19 +23,32 @@ SCRIPT = textwrap.dedent('''
     model = Llama(ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               max_position_embeddings=64))
     train = TokenShards(Path(data_dir), block_size=16)
+    stop_at = int(os.environ.get('STOP_AT', '0'))
     class Slow:
-        def on_step_end(self, trainer, record): time.sleep(slow)
+        def on_step_end(self, trainer, record):
+            time.sleep(slow)
+            if record['step'] == stop_at: trainer.should_stop = True   # ends with a checkpoint, like a planned preemption
     cfg = TrainConfig(run_dir=run_dir, max_steps=steps, batch_size=batch, micro_batch_size=micro, lr=3e-3, warmup_steps=3, grad_clip=0.5,
                       log_every=1, eval_every=1000, save_every=int(os.environ.get('SAVE_EVERY', '1000')), keep_last=2,
-                      resume=None if resume == 'none' else resume, progress=False)
+                      resume=None if resume == 'none' else resume, progress=False, trackers=[],
+                      parallelism=os.environ.get('PARALLELISM', 'ddp'), tp_size=int(os.environ.get('TP', '1')),
+                      zero_stage=int(os.environ.get('ZERO', '3')))
     t = Trainer(model, cfg, train, callbacks=[Slow()])
     acc = t.accelerator
     if acc.num_processes > 1:   # Accelerate falls back to one process silently: say what we got
         assert torch.distributed.is_initialized() and torch.distributed.get_world_size() == acc.num_processes
-        assert type(t.model).__name__ == 'DistributedDataParallel', type(t.model)
+        expected = {'ddp': 'DistributedDataParallel', 'fsdp': 'FSDPLlama' if cfg.tp_size < acc.num_processes else 'Llama',
+                    'deepspeed': 'DeepSpeedEngine'}[cfg.parallelism]
+        assert type(t.model).__name__ == expected, type(t.model)
+        if cfg.parallelism == 'fsdp':   # FSDP: every parameter is a DTensor shard; TP alone: the blocks' projections
+            from torch.distributed.tensor import DTensor
+            fsdp = t.mesh['dp'].size() > 1
+            assert all(isinstance(p, DTensor) == (fsdp or '_proj' in n) for n, p in t.model.named_parameters())
+            assert t.mesh['tp'].size() == cfg.tp_size
+        if cfg.parallelism == 'deepspeed': assert t.model.zero_optimization_stage() == cfg.zero_stage
     t.fit()
-    if acc.is_main_process:
-        torch.save({k: v.detach().cpu() for k, v in acc.unwrap_model(t.model).state_dict().items()}, Path(run_dir) / 'final.pt')
+    weights = t.full_state_dict()
+    if acc.is_main_process: torch.save(weights, Path(run_dir) / 'final.pt')
 ''')
 
 
@@ -101,6 +114,63 @@ def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
     assert losses(tmp_path / 'killed') == losses(tmp_path / 'full')      # bitwise
     a, b = torch.load(tmp_path / 'full' / 'final.pt'), torch.load(tmp_path / 'killed' / 'final.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def launch(script, d, run_dir, nproc, *args, env=None):
+    "The test script on `nproc` processes (torchrun) or in this interpreter's python (nproc=0: no launcher at all)."
+    cmd = [sys.executable] if nproc == 0 else [TORCHRUN, '--nproc_per_node', str(nproc), '--master_port', str(29500 + os.getpid() % 1000)]
+    return run(cmd + [str(script), str(d), str(run_dir), *map(str, args)], env=env)
+
+
+def weights_close(a_dir, b_dir, tol):
+    a, b = torch.load(Path(a_dir) / 'final.pt'), torch.load(Path(b_dir) / 'final.pt')
+    assert sorted(a) == sorted(b)
+    return max(float((a[k] - b[k]).abs().max()) for k in a) < tol
+
+
+def test_fsdp2_resume_bitwise_on_the_same_world_size_and_across_world_sizes(data, tmp_path):
+    "FSDP2 through the Trainer, checkpoints in DCP: stopped at step 6 and resumed on 2, 1 and (from 1) 2 processes."
+    d, script = data
+    env = {'PARALLELISM': 'fsdp', 'SAVE_EVERY': '4'}
+    launch(script, d, tmp_path / 'full', 2, 8, 4, 12, 'none', env=env)
+    launch(script, d, tmp_path / 'two', 2, 8, 4, 12, 'none', env={**env, 'STOP_AT': '6'})
+    assert len(losses(tmp_path / 'two')) == 6 and (tmp_path / 'two' / 'checkpoints' / 'step-00000006' / 'dcp').is_dir()
+    import shutil
+    shutil.copytree(tmp_path / 'two', tmp_path / 'two_to_one')
+    launch(script, d, tmp_path / 'two', 2, 8, 4, 12, 'auto', env=env)
+    assert losses(tmp_path / 'two') == losses(tmp_path / 'full')                  # bitwise, same world size
+    a, b = torch.load(tmp_path / 'full' / 'final.pt'), torch.load(tmp_path / 'two' / 'final.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    launch(script, d, tmp_path / 'two_to_one', 0, 8, 4, 12, 'auto', env=env)      # resharded 2 -> 1
+    launch(script, d, tmp_path / 'one_to_two', 0, 8, 4, 12, 'none', env={**env, 'STOP_AT': '6'})
+    launch(script, d, tmp_path / 'one_to_two', 2, 8, 4, 12, 'auto', env=env)      # resharded 1 -> 2
+    for name in ('two_to_one', 'one_to_two'):
+        got = losses(tmp_path / name)
+        assert len(got) == 12 and max(abs(x - y) for x, y in zip(got, losses(tmp_path / 'full'))) < 1e-5, name
+        assert weights_close(tmp_path / 'full', tmp_path / name, 1e-5), name
+
+
+def test_tensor_parallel_and_2d_training_match_one_process(data, tmp_path):
+    "The Trainer with TP alone (2 processes) and TP x FSDP on a (2, 2) mesh (4 processes) against one process."
+    d, script = data
+    launch(script, d, tmp_path / 'one', 0, 8, 4, 12, 'none')
+    launch(script, d, tmp_path / 'tp', 2, 8, 4, 12, 'none', env={'PARALLELISM': 'fsdp', 'TP': '2'})
+    launch(script, d, tmp_path / '2d', 4, 8, 4, 12, 'none', env={'PARALLELISM': 'fsdp', 'TP': '2'})
+    for name in ('tp', '2d'):
+        assert max(abs(x - y) for x, y in zip(losses(tmp_path / name), losses(tmp_path / 'one'))) < 1e-5, name
+        assert weights_close(tmp_path / 'one', tmp_path / name, 1e-5), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('stage', [1, 2, 3])
+def test_deepspeed_zero_trains_like_ddp(data, tmp_path, stage):
+    "DeepSpeed ZeRO through Accelerate (2 processes, gloo): the same losses and weights as DDP, accumulation and clipping included."
+    pytest.importorskip('deepspeed')
+    d, script = data
+    launch(script, d, tmp_path / 'ddp', 2, 8, 2, 12, 'none')
+    launch(script, d, tmp_path / 'zero', 2, 8, 2, 12, 'none', env={'PARALLELISM': 'deepspeed', 'ZERO': str(stage)})
+    assert max(abs(x - y) for x, y in zip(losses(tmp_path / 'zero'), losses(tmp_path / 'ddp'))) < 1e-5
+    assert weights_close(tmp_path / 'ddp', tmp_path / 'zero', 1e-5)
 
 
 @pytest.mark.slow
