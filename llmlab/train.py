@@ -416,7 +416,7 @@ def plot_metrics(run_dir, ax=None):
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
     return ax
 
-# %% ../nbs/08_train.ipynb #d68f452f
+# %% ../nbs/08_train.ipynb #ccff2338
 def add_lora(model, r:int=8, alpha:int=16, dropout:float=0.0, target_modules:Sequence[str]=('q_proj', 'v_proj')):
     "The model with LoRA adapters on `target_modules` (via `peft`); only the adapters require gradients."
     try: from peft import LoraConfig, get_peft_model

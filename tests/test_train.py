@@ -161,6 +161,39 @@ def test_tensor_parallel_and_2d_training_match_one_process(data, tmp_path):
         assert weights_close(tmp_path / 'one', tmp_path / name, 1e-5), name
 
 
+NOTEBOOK_LAUNCH = textwrap.dedent('''
+    import sys, torch
+    from pathlib import Path
+    from accelerate import notebook_launcher
+    def train(data_dir, run_dir):   # what a notebook cell defines: everything Accelerate touches is created inside
+        import torch.distributed as dist
+        from llmlab.data import TokenShards
+        from llmlab.model import Llama, ModelConfig
+        from llmlab.train import Trainer, TrainConfig
+        torch.manual_seed(0)
+        model = Llama(ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  max_position_embeddings=64))
+        cfg = TrainConfig(run_dir=run_dir, max_steps=12, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=3, grad_clip=0.5,
+                          log_every=1, eval_every=1000, save_every=1000, progress=False, trackers=[])
+        t = Trainer(model, cfg, TokenShards(Path(data_dir), block_size=16))
+        assert dist.is_initialized() and dist.get_world_size() == 2 and type(t.model).__name__ == 'DistributedDataParallel'
+        t.fit()
+        (Path(run_dir) / f'ok-{t.accelerator.process_index}').touch()
+    notebook_launcher(train, (sys.argv[1], sys.argv[2]), num_processes=2)
+''')
+
+
+def test_notebook_launcher_trains_on_two_processes(data, tmp_path):
+    "From a notebook: `accelerate.notebook_launcher` forks 2 ranks that train like one process with the whole batch."
+    d, script = data
+    launch(script, d, tmp_path / 'one', 0, 8, 8, 12, 'none')
+    nb = tmp_path / 'notebook_cell.py'
+    nb.write_text(NOTEBOOK_LAUNCH)
+    run([sys.executable, str(nb), str(d), str(tmp_path / 'nb')])
+    assert (tmp_path / 'nb' / 'ok-0').exists() and (tmp_path / 'nb' / 'ok-1').exists()
+    assert max(abs(x - y) for x, y in zip(losses(tmp_path / 'nb'), losses(tmp_path / 'one'))) < 1e-6
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('stage', [1, 2, 3])
 def test_deepspeed_zero_trains_like_ddp(data, tmp_path, stage):
