@@ -8,7 +8,7 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.llmlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test lab docs bench install export clean-nbs help
+.PHONY: quickstart test lab docs bench kernels install export clean-nbs help
 
 help:
 	@echo "make quickstart  install into $(VENV), then run 'llmlab quickstart'"
@@ -16,6 +16,7 @@ help:
 	@echo "make lab         JupyterLab on the notebooks"
 	@echo "make bench       CPU benchmarks (ratios against transformers)"
 	@echo "make docs        documentation site (Quarto when installed, else HTML via nbconvert)"
+	@echo "make kernels     build the CUDA C++ attention kernel (nvcc) for the cuda backend"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,12 @@ bench: install
 	$(BIN)/python benchmarks/bench_interp.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_kernels.py
+
+# the CUDA C++ attention kernel as a shared library for the `cuda` backend (needs nvcc; sm_80 and sm_90a)
+kernels: kernels/libllmlab_attn.so
+kernels/libllmlab_attn.so: kernels/flash_attn_fwd.cu
+	nvcc -O3 -shared -Xcompiler -fPIC -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o $@ $<
 
 export: install
 	$(BIN)/nbdev-export

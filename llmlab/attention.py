@@ -21,6 +21,8 @@ __all__ = ['attention_backends', 'check_attention_inputs', 'allowed_positions', 
 
 # %% ../nbs/01_attention.ipynb #63d1985d
 attention_backends = Registry('attention backend')
+for _name in ('triton', 'cuda', 'flash_attn'):   # the kernels chapter registers these; a first lookup imports it
+    attention_backends.register_lazy(_name, 'llmlab.kernels')
 
 def check_attention_inputs(q:Tensor, k:Tensor, v:Tensor, causal:bool=True):
     "Raise a clear error for shapes no backend can attend over."

@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import contextvars, dataclasses, difflib, json, os, platform, random, re, subprocess, sys, time, types, typing
+import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, subprocess, sys, time, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
@@ -40,7 +40,7 @@ def _did_you_mean(name, names):
 
 class Registry:
     "A named collection of objects that raises a helpful `UnknownNameError` for unknown names."
-    def __init__(self, kind:str): self.kind, self._items = kind, {}
+    def __init__(self, kind:str): self.kind, self._items, self._lazy = kind, {}, {}
 
     def register(self, name:str, obj=None, *, overwrite:bool=False):
         "Register `obj` under `name`; without `obj`, return a decorator."
@@ -50,16 +50,29 @@ class Registry:
         self._items[name] = obj
         return obj
 
+    def register_lazy(self, name:str, module:str):
+        "`name` is registered when `module` is imported, which the first lookup of `name` does (optional dependencies)."
+        self._lazy[name] = module
+
+    def _load(self, name):
+        if name in self._items or name not in self._lazy: return
+        try: importlib.import_module(self._lazy[name])
+        except ImportError as e: raise UnknownNameError(f"{self.kind} {name!r} needs {e.name or e}: {e}") from e
+
     def __getitem__(self, name:str):
+        self._load(name)
         if name not in self._items:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items)) or 'none'}."
-                                   + _did_you_mean(name, self._items))
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names()) or 'none'}."
+                                   + _did_you_mean(name, self.names()))
         return self._items[name]
 
-    def __contains__(self, name): return name in self._items
+    def __contains__(self, name):
+        try: self._load(name)
+        except UnknownNameError: return False
+        return name in self._items
     def __iter__(self): return iter(self._items)
     def __len__(self): return len(self._items)
-    def names(self) -> list[str]: return sorted(self._items)
+    def names(self) -> list[str]: return sorted(set(self._items) | set(self._lazy))
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
 
 # %% ../nbs/00_core.ipynb #293a532b

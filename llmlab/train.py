@@ -60,6 +60,7 @@ class TrainConfig(Config):
     parallelism: Literal['ddp', 'fsdp', 'deepspeed'] = 'ddp'   # how the processes share the model (one process: no sharing)
     tp_size: int = 1                         # tensor-parallel degree; with parallelism='fsdp' the mesh is (processes / tp_size, tp_size)
     zero_stage: Literal[1, 2, 3] = 3         # DeepSpeed's ZeRO stage (parallelism='deepspeed')
+    kernels: list[str] = field(default_factory=list)   # Triton kernels by name: attention, rmsnorm, rope, swiglu, linear_cross_entropy
     progress: bool = True
 
     def validate(self):
@@ -67,6 +68,9 @@ class TrainConfig(Config):
             if getattr(self, k) <= 0: raise ConfigError(f"{self._where(k)}={getattr(self, k)} must be positive")
         if self.warmup_steps < 0: raise ConfigError(f"{self._where('warmup_steps')}={self.warmup_steps} must be >= 0")
         if not 0 < self.decay_fraction <= 1: raise ConfigError(f"{self._where('decay_fraction')}={self.decay_fraction} must be in (0, 1]")
+        known = ('attention', 'rmsnorm', 'rope', 'swiglu', 'linear_cross_entropy')
+        for k in self.kernels:
+            if k not in known: raise ConfigError(f"{self._where('kernels')} has {k!r}; choose from {', '.join(known)}")
         if self.tp_size < 1: raise ConfigError(f"{self._where('tp_size')}={self.tp_size} must be positive")
         if self.tp_size > 1 and self.parallelism != 'fsdp':
             raise ConfigError(f"{self._where('tp_size')}={self.tp_size} needs parallelism='fsdp' (tensor parallel inside FSDP; "
@@ -182,6 +186,12 @@ class Trainer:
         self.micro = c.batch_size // (self.accum * self.dp_size)
         self.run_dir = Path(c.run_dir)
         seed_everything(c.seed)
+        if c.kernels:
+            from llmlab.kernels import apply_kernels, fused_causal_lm_loss
+            apply_kernels(model, [k for k in c.kernels if k != 'linear_cross_entropy'])
+            if 'linear_cross_entropy' in c.kernels:
+                if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
+                if loss_fn is _loss: self.loss_fn = fused_causal_lm_loss
         if c.activation_checkpointing: apply_activation_checkpointing(model)
         if c.compile: model.compile()
         self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])

@@ -1,0 +1,262 @@
+"""The Triton kernels against float64 references, in the interpreter (no GPU here), and compiled for Hopper.
+
+Tolerances (max absolute error against float64, on inputs of unit scale), stated once:
+  float32: 2e-5 (different summation order); float16: 3e-3 (10-bit mantissa on inputs and outputs);
+  bfloat16: 2.5e-2 (7-bit mantissa). Triton's interpreter miscomputes values cast to bf16 inside a kernel, so under it
+  the public functions run bf16 in float32 (llmlab.kernels._bf16_in_interpreter): bf16 here checks the wrappers and the
+  output rounding, not bf16 inside the dot products; benchmarks/gpu checks that on a GPU. Raw launches use fp32/fp16.
+Every output buffer is poisoned with NaN before a launch and surrounded by guard bands holding a sentinel: an element
+the kernel forgot to write stays NaN, a write outside the buffer changes a guard band.
+"""
+import math, os, subprocess, sys
+from pathlib import Path
+import pytest, torch
+import torch.nn.functional as F
+
+import llmlab.kernels as K   # sets TRITON_INTERPRET=1 on a machine without a GPU, before triton compiles anything
+from llmlab.attention import eager_attention
+
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
+SENTINEL, GUARD = 1234.5, 64
+
+
+class Guarded:
+    "A tensor of `shape` inside a larger buffer: poisoned with NaN, guard bands of SENTINEL on both sides."
+    def __init__(self, shape, dtype):
+        n = math.prod(shape)
+        self.buf = torch.full((n + 2 * GUARD,), float('nan'), dtype=dtype)
+        self.buf[:GUARD] = SENTINEL; self.buf[-GUARD:] = SENTINEL
+        self.t = self.buf[GUARD:GUARD + n].view(shape)
+
+    def check(self, what=''):
+        assert (self.buf[:GUARD] == SENTINEL).all() and (self.buf[-GUARD:] == SENTINEL).all(), f'{what}: write outside the buffer'
+        assert not torch.isnan(self.t).any(), f'{what}: {int(torch.isnan(self.t).sum())} elements never written'
+        return self.t
+
+
+def reference_attention(q, k, v, causal=True, mask=None, window=None, doc_ids=None, scale=None):
+    "eager attention in float64 with every mask made explicit."
+    Tq, Tk = q.shape[2], k.shape[2]
+    allowed = torch.ones(q.shape[0], 1, Tq, Tk, dtype=torch.bool)
+    i, j = torch.arange(Tq)[:, None] + (Tk - Tq), torch.arange(Tk)[None]
+    if window is not None: allowed &= (j > i - window)
+    if doc_ids is not None: allowed &= doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
+    if mask is not None: allowed &= mask
+    return eager_attention(q.double(), k.double(), v.double(), causal=causal, mask=allowed, scale=scale)
+
+
+def inputs(B, H, KVH, Tq, Tk, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *s: torch.randn(*s, generator=g).to(dtype).requires_grad_()
+    return make(B, H, Tq, D), make(B, KVH, Tk, D), make(B, KVH, Tk, D), torch.randn(B, H, Tq, D, generator=g).to(dtype)
+
+
+CASES = [  # B, H, KVH, Tq, Tk, D, causal, extra
+    (2, 4, 4, 37, 37, 64, True, {}),
+    (2, 4, 2, 37, 37, 128, False, {}),
+    (1, 8, 1, 45, 45, 64, True, {}),                                  # multi-query
+    (2, 4, 2, 13, 50, 64, True, {}),                                  # queries after a KV cache (bottom-right causal)
+    (1, 4, 2, 70, 70, 64, True, {'window': 24}),                      # sliding window
+    (2, 2, 1, 40, 40, 64, True, {'doc_ids': 'packed'}),               # packed documents
+    (2, 4, 2, 33, 33, 64, False, {'mask': 'padding'}),                # left padding: some queries see nothing
+    (1, 2, 2, 21, 21, 96, True, {}),                                  # head_dim that is not a power of two
+]
+
+
+def materialize(extra, B, Tq, Tk):
+    extra = dict(extra)
+    if extra.get('doc_ids') == 'packed':
+        extra['doc_ids'] = torch.tensor([0] * 9 + [1] * 17 + [2] * (Tq - 26)).expand(B, -1)
+    if extra.get('mask') == 'padding':
+        m = torch.ones(B, 1, 1, Tk, dtype=torch.bool); m[0, ..., :7] = False
+        extra['mask'] = m & torch.ones(B, 1, Tq, 1, dtype=torch.bool)
+        extra['mask'][0, :, :7] = False                               # padded queries attend to nothing: zeros
+    return extra
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize('case', CASES, ids=lambda c: f'{c[0]}x{c[1]}/{c[2]}x{c[3]}x{c[4]}x{c[5]}-{"causal" if c[6] else "full"}-{"-".join(c[7]) or "plain"}')
+def test_flash_attention_forward_and_backward_match_float64(case, dtype):
+    B, H, KVH, Tq, Tk, D, causal, extra = case
+    q, k, v, do = inputs(B, H, KVH, Tq, Tk, D, dtype)
+    extra = materialize(extra, B, Tq, Tk)
+    out = K.flash_attention(q, k, v, causal=causal, **extra)
+    ref = reference_attention(q, k, v, causal=causal, **extra)
+    tol = TOL[dtype]
+    assert out.dtype == dtype and (out.double() - ref).abs().max() < tol
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do.double())
+    for name, a, b in zip('qkv', grads, ref_grads):
+        err = (a.double() - b).abs().max() / max(1.0, b.abs().max())
+        assert err < 2 * tol, (name, float(err))
+
+
+@pytest.mark.parametrize('which', ['fwd', 'dkdv', 'dq'])
+def test_every_shipped_config_writes_exactly_its_outputs(which):
+    "Each autotune config run through kernel.fn on ragged lengths (not multiples of any block), with guard bands."
+    B, H, KVH, T, D = 1, 4, 2, 70, 64
+    q, k, v, do = inputs(B, H, KVH, T, T, D, torch.float32, seed=1)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    ref = reference_attention(q, k, v).requires_grad_()
+    configs = {'fwd': K.FWD_CONFIGS, 'dkdv': K.DKDV_CONFIGS, 'dq': K.DQ_CONFIGS}[which]
+    base_o, base_lse = K.attention_forward(q, k, v, config=K.FWD_CONFIGS[0])
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    ref_out = reference_attention(qd, kd, vd)
+    ref_grads = torch.autograd.grad(ref_out, (qd, kd, vd), do.double())
+    for config in configs:
+        if which == 'fwd':
+            o, lse = Guarded(q.shape, q.dtype), Guarded((B, H, T), torch.float32)
+            K.attention_forward(q, k, v, config=config, out=(o.t, lse.t))
+            assert (o.check(str(config)).double() - ref_out).abs().max() < TOL[torch.float32]
+            lse.check(str(config))
+        else:
+            dq, dk, dv = Guarded(q.shape, q.dtype), Guarded(k.shape, k.dtype), Guarded(v.shape, v.dtype)
+            K.attention_backward(do, q, k, v, base_o, base_lse, configs={which: config}, out=(dq.t, dk.t, dv.t))
+            for name, g, r in zip('qkv', (dq, dk, dv), ref_grads):
+                assert (g.check(f'{config} d{name}').double() - r).abs().max() < 1e-4, (config, name)
+
+
+def test_backward_is_deterministic_and_the_atomic_variant_agrees():
+    q, k, v, do = inputs(2, 4, 2, 45, 45, 64, torch.float32, seed=2)
+    runs = [torch.autograd.grad(K.flash_attention(q, k, v), (q, k, v), do) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))                      # the same bits twice
+    fast = torch.autograd.grad(K.flash_attention(q, k, v, deterministic=False), (q, k, v), do)
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(runs[0], fast))
+
+
+def test_cu_seqlens_equal_document_ids_and_packed_equals_separate_sequences():
+    "Packing three documents into one row gives each document what it gets alone."
+    lengths = [11, 30, 19]
+    q, k, v, _ = inputs(1, 4, 2, sum(lengths), sum(lengths), 64, torch.float32, seed=3)
+    packed = K.flash_attention(q, k, v, cu_seqlens=[0, 11, 41, 60])
+    start = 0
+    for n in lengths:
+        sl = slice(start, start + n)
+        alone = K.flash_attention(q[:, :, sl], k[:, :, sl], v[:, :, sl])
+        assert (packed[:, :, sl] - alone).abs().max() < 1e-6
+        start += n
+
+
+def _guarded_launch_rmsnorm(x, w, eps=1e-5):
+    M, N = x.shape
+    y, rstd = Guarded((M, N), x.dtype), Guarded((M,), torch.float32)
+    block = K.triton.next_power_of_2(N)
+    K._rmsnorm_fwd[(K.triton.cdiv(M, 4),)](x, w, y.t, rstd.t, x.stride(0), N, M, N, eps, ROWS=4, BLOCK=block)
+    return y.check('rmsnorm y'), rstd.check('rmsnorm rstd')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+def test_fused_rmsnorm_rope_swiglu_match_float64(dtype):
+    g = torch.Generator().manual_seed(4)
+    tol = TOL[dtype]
+    # RMSNorm, 100 features (not a power of two), rows not a multiple of anything
+    x = torch.randn(3, 7, 100, generator=g).to(dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(100, generator=g)).to(dtype).requires_grad_()
+    ref = lambda x, w: w.double() * x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5)
+    y, _ = _guarded_launch_rmsnorm(x.detach().float().reshape(-1, 100), w.detach().float())   # raw launch: float32
+    assert (y.double() - ref(x, w).reshape(-1, 100)).abs().max() < 2 * tol
+    dy = torch.randn(3, 7, 100, generator=g).to(dtype)
+    for a, b in zip(torch.autograd.grad(K.rms_norm(x, w), (x, w), dy), torch.autograd.grad(ref(x, w), (x, w), dy.double())):
+        assert (a.double() - b).abs().max() / max(1.0, b.abs().max()) < 2 * tol
+    # rotary embedding on q-shaped input, odd sequence length
+    q = torch.randn(2, 3, 11, 64, generator=g).to(dtype).requires_grad_()
+    ang = torch.randn(2, 11, 32, generator=g).double(); ang = torch.cat([ang, ang], -1)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    def ref_rope(x):
+        x1, x2 = x.double().chunk(2, -1)
+        return x.double() * cos[:, None].double() + torch.cat([-x2, x1], -1) * sin[:, None].double()
+    out = Guarded(q.shape, torch.float32)
+    K._rope[(2, 6)](q.detach().float(), cos.float(), sin.float(), out.t, *q.stride()[:3], *out.t.stride()[:3], cos.stride(0), cos.stride(1), 3, 11,
+                    HALF=32, BLOCK=32, BLOCK_T=8, SIGN=1)                      # 11 positions in blocks of 8: a ragged last block
+    assert (out.check('rope').double() - ref_rope(q)).abs().max() < tol
+    dy = torch.randn(q.shape, generator=g).to(dtype)
+    assert (torch.autograd.grad(K.rotary(q, cos, sin), q, dy)[0].double() - torch.autograd.grad(ref_rope(q), q, dy.double())[0]).abs().max() < 2 * tol
+    # SwiGLU on 4 x 33 x 100 = 13,200 elements (not a multiple of the 1024 block)
+    gate, up = (torch.randn(4, 33, 100, generator=g).to(dtype).requires_grad_() for _ in range(2))
+    y = Guarded(up.shape, torch.float32)
+    K._swiglu_fwd[(13,)](gate.detach().float(), up.detach().float(), y.t, up.numel(), BLOCK=1024)
+    ref_y = F.silu(gate.double()) * up.double()
+    assert (y.check('swiglu').double() - ref_y).abs().max() < 2 * tol
+    dy = torch.randn(up.shape, generator=g).to(dtype)
+    for a, b in zip(torch.autograd.grad(K.swiglu(gate, up), (gate, up), dy), torch.autograd.grad(ref_y, (gate, up), dy.double())):
+        assert (a.double() - b).abs().max() / max(1.0, b.abs().max()) < 2 * tol
+
+
+@pytest.mark.parametrize('smoothing,z_loss', [(0.0, 0.0), (0.1, 0.0), (0.0, 1e-4), (0.1, 1e-4)])
+def test_fused_linear_cross_entropy_matches_float64(smoothing, z_loss):
+    g = torch.Generator().manual_seed(5)
+    N, Hd, V = 53, 48, 5000                                  # vocabulary not a multiple of the 4096 block
+    h = torch.randn(N, Hd, generator=g).requires_grad_()
+    w = (0.1 * torch.randn(V, Hd, generator=g)).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g); y[::7] = -100
+    loss = K.fused_linear_cross_entropy(h, w, y, label_smoothing=smoothing, z_loss=z_loss, chunk_size=20)
+    logits = h.double() @ w.double().t()
+    ref = F.cross_entropy(logits, y, label_smoothing=smoothing)
+    ref = ref + z_loss * (torch.logsumexp(logits, -1)[y != -100] ** 2).mean()
+    assert abs(float(loss) - float(ref)) < 2e-5
+    for a, b in zip(torch.autograd.grad(loss, (h, w)), torch.autograd.grad(ref, (h, w))):
+        assert (a.double() - b).abs().max() < 2e-6
+    # the row kernel alone: losses written for every row, nothing outside
+    logits32 = (h.detach() @ w.detach().t())[:10].contiguous()
+    losses = Guarded((10,), torch.float32)
+    K._ce_rows[(10,)](logits32, y[:10].contiguous(), losses.t, logits32.stride(0), V, -100, smoothing, z_loss, 0.1, BLOCK=4096)
+    losses.check('cross-entropy rows')
+    assert not torch.isnan(logits32).any()                    # every logit was overwritten by its gradient
+
+
+@pytest.mark.slow
+def test_smollm2_forward_and_backward_with_triton_attention_and_fused_kernels_match_sdpa(smol):
+    "The acceptance check: SmolLM2 (135M), a 2 x 24-token batch, triton backend + all fused kernels vs sdpa + plain loss."
+    import copy
+    from llmlab.model import causal_lm_loss
+    ids = torch.randint(0, smol.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(6))
+    batch = {'input_ids': ids[:, :-1], 'labels': ids[:, 1:]}
+    base = copy.deepcopy(smol); base.set_attn_backend('sdpa')
+    fast = K.apply_kernels(copy.deepcopy(smol))
+    assert fast.config.attn_backend == 'triton' and type(fast.norm).__name__ == 'TritonRMSNorm'
+    loss_ref = F.cross_entropy(base(batch['input_ids']).flatten(0, 1), batch['labels'].flatten())
+    loss_fast = K.fused_causal_lm_loss(fast, batch)
+    assert abs(float(loss_fast) - float(loss_ref)) < 1e-4, (float(loss_fast), float(loss_ref))
+    loss_ref.backward(); loss_fast.backward()
+    worst = 0.0
+    for (name, a), (_, b) in zip(base.named_parameters(), fast.named_parameters()):
+        worst = max(worst, float((a.grad - b.grad).abs().max() / max(1e-3, a.grad.abs().max())))
+    print(f'SmolLM2 triton+fused vs sdpa: loss {float(loss_fast):.6f} vs {float(loss_ref):.6f}, worst relative grad error {worst:.2e}')
+    assert worst < 1e-3
+
+
+@pytest.mark.slow
+def test_hugging_face_model_with_llmlab_triton_attention(hf_smol, tokenizer):
+    "transformers' SmolLM2 with attn_implementation='llmlab_triton' on a padded batch equals its eager attention."
+    batch = tokenizer(['The capital of France is', 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""'],
+                      return_tensors='pt', padding=True)
+    with torch.no_grad():
+        expect = hf_smol(**batch).logits
+        hf_smol.set_attn_implementation('llmlab_triton')
+        try: got = hf_smol(**batch).logits
+        finally: hf_smol.set_attn_implementation('eager')
+    real = batch['attention_mask'].bool()
+    assert (got - expect)[real].abs().max() < 1e-3
+
+
+def test_every_triton_config_compiles_for_hopper_without_spills():
+    "tools/check_hopper.py: every shipped config for sm_90 (H100), <= 227 KB shared memory, no spills, wgmma in attention."
+    env = {**os.environ, 'TRITON_INTERPRET': '0'}
+    r = subprocess.run([sys.executable, 'tools/check_hopper.py'], capture_output=True, text=True, env=env, timeout=900,
+                       cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count('"kernel"') >= 30
+
+
+def test_cuda_kernel_compiles_for_sm80_and_sm90a_without_spills(tmp_path):
+    import shutil
+    if shutil.which('nvcc') is None: pytest.skip('nvcc is not installed')
+    src = Path(__file__).parent.parent / 'kernels' / 'flash_attn_fwd.cu'
+    r = subprocess.run(['nvcc', '-O3', '-shared', '-Xcompiler', '-fPIC', '-gencode=arch=compute_80,code=sm_80',
+                        '-gencode=arch=compute_90a,code=sm_90a', '-Xptxas', '-v', '-o', str(tmp_path / 'lib.so'), str(src)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import re
+    spills = [int(x) for x in re.findall(r'(\d+) bytes spill (?:stores|loads)', r.stderr)]
+    assert len(spills) == 16 and not any(spills), r.stderr[-3000:]   # 2 archs x 2 dtypes x 2 head dims x (stores, loads)
+    assert (tmp_path / 'lib.so').stat().st_size > 0
