@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_kernels.py
+	$(BIN)/python benchmarks/bench_quant.py
 
 # the CUDA C++ attention kernel as a shared library for the `cuda` backend (needs nvcc; sm_80 and sm_90a)
 kernels: kernels/libllmlab_attn.so

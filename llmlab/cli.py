@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .core import ConfigError, LlmlabError, get_device, get_dtype, init_run_dir, seed_everything, write_json_atomic
+from .core import ConfigError, LlmlabError, get_device, get_dtype, init_run_dir, load_config_file, seed_everything, write_json_atomic
 from .model import perplexity
 from .checkpoints import load_pretrained, load_tokenizer, generate_text, resolve_source, pretrained_models
 
@@ -203,6 +203,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--baseline', default=None, help='run folder to compare with')
     e.add_argument('--device', default='auto'); e.add_argument('--dtype', default='float32')
     e.add_argument('--quiet', action='store_true')
+    pl = sub.add_parser('plan', help='memory per GPU and step time of a training layout (no GPU needed)')
+    pl.add_argument('--model', default='llama3-70b', help="llama3-70b, a known name, an HF directory, or a config.json/YAML file")
+    for k, d in (('dp', 1), ('fsdp', 1), ('tp', 1), ('pp', 1), ('micro-batches', 1), ('zero-stage', 3), ('batch-size', 1), ('seq-len', 4096)):
+        pl.add_argument(f'--{k}', type=int, default=d)
+    pl.add_argument('--precision', default='bf16-mixed', help='fp32, bf16 or bf16-mixed')
+    pl.add_argument('--checkpointing', default='none', help='none, full, every_N, attention, mlp, selective, offload')
+    pl.add_argument('--hardware', default='h100-80gb', help='a100-80gb, h100-80gb, h200')
+    pl.add_argument('--optimizer', default='adamw')
+    pl.add_argument('--claim', type=float, default=None, help='a claimed throughput in tokens/s for all GPUs: what it implies per GPU')
+    return p
+
+def _model_config_for(name:str):
+    from llmlab.memory import LLAMA3_70B, as_model_config
+    if name.lower() in ('llama3-70b', 'llama-3-70b'): return LLAMA3_70B
+    path = Path(name)
+    if path.is_dir(): path = path / 'config.json'
+    if path.suffix in ('.json', '.yaml', '.yml', '.toml') and path.exists():
+        d = json.loads(path.read_text()) if path.suffix == '.json' else load_config_file(path)
+        return as_model_config(d.get('model', d))
+    return load_pretrained(name, progress=False).config
+
+def _plan_cmd(a, out=None):
+    from llmlab.memory import Layout, implied_throughput, plan
+    out = out or sys.stdout
+    cfg = _model_config_for(a.model)
+    layout = Layout(dp=a.dp, fsdp=a.fsdp, zero_stage=a.zero_stage, tp=a.tp, pp=a.pp, micro_batches=a.micro_batches)
+    p = plan(cfg, layout, batch_size=a.batch_size, seq_len=a.seq_len, precision=a.precision, optimizer=a.optimizer,
+             checkpointing=a.checkpointing, hardware=a.hardware)
+    print(f"{a.model} on {layout.world_size} x {a.hardware} (dp {a.dp}, fsdp {a.fsdp} ZeRO-{a.zero_stage}, tp {a.tp}, pp {a.pp}), "
+          f"{a.batch_size} x {a.seq_len} tokens per GPU, {a.precision}, checkpointing {a.checkpointing}", file=out)
+    for k, v in p.breakdown().items(): print(f"  {k:<14}{v:>10.2f} GiB", file=out)
+    print(f"  {'peak total':<14}{p.total:>10.2f} GiB  ({'fits' if p.fits else 'does NOT fit'})", file=out)
+    print(f"  step {p.step_seconds:.3g} s, {p.tokens_per_second:,.0f} tokens/s, MFU {p.mfu:.0%}" + ''.join(f"; {n}" for n in p.notes), file=out)
+    if a.claim: print('  claim: ' + implied_throughput(cfg, a.claim, layout.world_size, a.seq_len, a.hardware)['verdict'], file=out)
     return p
 
 def main(argv=None) -> int:
@@ -213,6 +247,7 @@ def main(argv=None) -> int:
         elif a.command == 'generate': _generate_cmd(a)
         elif a.command == 'eval': _eval_cmd(a)
         elif a.command == 'train': _train_cmd(a)
+        elif a.command == 'plan': _plan_cmd(a)
     except (LlmlabError, FileNotFoundError) as e:
         print(f"llmlab {a.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

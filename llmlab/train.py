@@ -20,6 +20,7 @@ from .core import CheckpointError, Config, ConfigError, LlmlabError, init_run_di
 from accelerate.utils import DistributedType
 
 from .data import ResumableSampler
+from .memory import checkpoint_model
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 
 # %% auto #0
@@ -53,7 +54,8 @@ class TrainConfig(Config):
     seed: int = 0
     resume: Optional[str] = None             # 'auto' (latest checkpoint of run_dir, if any) or a checkpoint folder
     max_minutes: Optional[float] = None      # stop (with a final evaluation and checkpoint) after this much training time
-    activation_checkpointing: bool = False   # recompute each block's activations in the backward pass
+    activation_checkpointing: bool = False   # recompute activations in the backward pass, as `checkpoint_policy` says
+    checkpoint_policy: str = 'full'          # full, every_N, attention, mlp, selective, offload (llmlab.memory.checkpoint_model)
     compile: bool = False                    # torch.compile the model
     trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers, used when installed
     peak_tflops: Optional[float] = None      # the hardware's peak per process, for MFU (e.g. 989 for an H100 in bf16)
@@ -192,7 +194,7 @@ class Trainer:
             if 'linear_cross_entropy' in c.kernels:
                 if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
                 if loss_fn is _loss: self.loss_fn = fused_causal_lm_loss
-        if c.activation_checkpointing: apply_activation_checkpointing(model)
+        if c.activation_checkpointing: checkpoint_model(model, c.checkpoint_policy)
         if c.compile: model.compile()
         self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])
         if self.mesh is not None:   # sharded from outside, before the optimizer sees the parameters
