@@ -340,7 +340,7 @@ def doc_ids_from_cu_seqlens(cu_seqlens, total:int):
     return ids[None].to(cu.device)
 
 # %% ../nbs/05_kernels.ipynb #5ded7d97
-@attention_backends.register('triton')
+@attention_backends.register('triton', overwrite=True)   # overwrite: re-running the cell (or the chapter) is harmless
 def triton_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
     "Flash attention in Triton (differentiable)."
     return flash_attention(q, k, v, causal=causal, mask=mask, scale=scale)
@@ -644,7 +644,7 @@ def _load_cuda_library():
         _cuda_lib = ctypes.CDLL(str(path))
     return _cuda_lib
 
-@attention_backends.register('cuda')
+@attention_backends.register('cuda', overwrite=True)
 def cuda_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
     "The CUDA C++ forward kernel of `kernels/flash_attn_fwd.cu` (inference: no backward, no mask)."
     lib = _load_cuda_library()
@@ -663,7 +663,7 @@ def cuda_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
     if status: raise RuntimeError(f"the CUDA attention kernel failed (status {status}: 1 = head_dim {D} not 64 or 128, 2 = launch error)")
     return o
 
-@attention_backends.register('flash_attn')
+@attention_backends.register('flash_attn', overwrite=True)
 def flash_attn_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
     "The `flash-attn` package (GPU, fp16/bf16, no mask)."
     try: from flash_attn import flash_attn_func
