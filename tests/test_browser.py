@@ -1,0 +1,126 @@
+"""The dashboards in a real JupyterLab, driven by Playwright with Debian's chromium.
+
+JupyterLab is started on 127.0.0.1 with a random token on a copy of the quickstart tutorial; the test runs all its
+cells from the Run menu, waits for every dashboard to render in the page, moves one control of each (dropdown, slider,
+button), then asks the kernel (through a cell it types) what the widgets hold, so the check is that the browser's
+action reached the Python side. Screenshots go to tests/artifacts/browser/. The server is always stopped.
+"""
+import json, os, shutil, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).parent.parent
+ARTIFACTS = ROOT / 'tests' / 'artifacts' / 'browser'
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--no-first-run', '--disable-dev-shm-usage']
+WIDGETS = ['llmlab-generation-playground', 'llmlab-training-monitor', 'llmlab-eval-dashboard', 'llmlab-attention-viewer',
+           'llmlab-logit-lens']
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if CHROMIUM is None: pytest.fail("chromium is not installed: `make install` installs Debian's chromium (apt-get install chromium)")
+    pytest.importorskip('playwright')
+    work = tmp_path / 'lab'; work.mkdir()
+    shutil.copy(ROOT / 'nbs' / 'tutorials' / 'quickstart.ipynb', work / 'quickstart.ipynb')
+    # JupyterLab 4 renders only the cells in view by default: render them all, so every dashboard is in the DOM; no news pop-up
+    settings = tmp_path / 'settings' / '@jupyterlab'
+    (settings / 'notebook-extension').mkdir(parents=True); (settings / 'apputils-extension').mkdir(parents=True)
+    (settings / 'notebook-extension' / 'tracker.jupyterlab-settings').write_text('{"windowingMode": "none"}')
+    (settings / 'apputils-extension' / 'notification.jupyterlab-settings').write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    port, token = free_port(), os.urandom(16).hex()
+    log = open(tmp_path / 'jupyterlab.log', 'w')
+    cmd = [sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ip=127.0.0.1', f'--port={port}', f'--IdentityProvider.token={token}',
+           f'--ServerApp.root_dir={work}']
+    if os.geteuid() == 0: cmd.append('--allow-root')
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, 'JUPYTERLAB_SETTINGS_DIR': str(tmp_path / 'settings')},
+                            start_new_session=True)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2); break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError('JupyterLab did not start:\n' + (tmp_path / 'jupyterlab.log').read_text()[-3000:])
+                time.sleep(0.5)
+        yield url, token, work
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)                         # the server and the kernels it started
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+        log.close()
+        assert proc.poll() is not None
+
+
+def set_slider(widget, value):
+    readout = widget.locator('.widget-readout').first
+    readout.click(); readout.press('Control+A'); readout.type(str(value)); readout.press('Enter')
+
+
+@pytest.mark.slow
+def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+    url, token, work = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={'width': 1500, 'height': 1100})
+            page.set_default_timeout(60_000)
+            page.goto(f'{url}/lab/tree/quickstart.ipynb?token={token}')
+            page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=120_000)
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-Toolbar-kernelStatus', timeout=120_000)
+            page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+            page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+            widgets = {}
+            for cls in WIDGETS:                                   # each dashboard renders in the DOM
+                widgets[cls] = page.locator(f'.{cls}').first
+                try: widgets[cls].wait_for(state='visible', timeout=900_000)
+                except Exception:
+                    page.screenshot(path=str(ARTIFACTS / 'failure.png'))
+                    raise
+            # the last cell (the logit-lens assertion) has run when its prompt shows an execution count
+            page.wait_for_function("""() => { const p = [...document.querySelectorAll('.jp-Notebook .jp-Cell .jp-InputPrompt')];
+                                              return p.length && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }""", timeout=900_000)
+            errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Error")')
+            assert errors.count() == 0, errors.first.text_content()
+            for cls, w in widgets.items():
+                w.scroll_into_view_if_needed(); w.screenshot(path=str(ARTIFACTS / f'{cls}.png'))
+            # one control of each widget
+            widgets['llmlab-training-monitor'].locator('select').first.select_option(label='lr')
+            widgets['llmlab-eval-dashboard'].locator('.widget-dropdown select').nth(1).select_option(label='smollm2')
+            set_slider(widgets['llmlab-attention-viewer'].locator('.widget-slider').first, 3)
+            set_slider(widgets['llmlab-logit-lens'].locator('.widget-slider').first, 3)
+            set_slider(widgets['llmlab-generation-playground'].locator('.widget-slider').nth(3), 6)   # max tokens
+            widgets['llmlab-generation-playground'].locator('button', has_text='Generate').click()
+            page.wait_for_timeout(3000)
+            # ask the kernel what the widgets hold now: a cell typed at the end of the notebook
+            page.locator('.jp-Notebook .jp-Cell').last.locator('.jp-InputArea-prompt').click()   # select it, command mode
+            page.keyboard.press('Escape'); page.keyboard.press('b'); page.keyboard.press('Enter')   # new cell below, edit mode
+            page.wait_for_timeout(500)
+            page.keyboard.type("import json; json.dump({'metric': monitor.metric.value, 'run': dashboard.run.value, "
+                               "'layer': attention.layer.value, 'k': lens.k.value, 'max_tokens': playground.max_tokens.value, "
+                               "'generated': len(playground.results['SmolLM2-135M']['ids']), 'pattern_shape': list(attention.pattern().shape), "
+                               "'lens_columns': list(lens.top().columns), 'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}, "
+                               "open('browser_state.json', 'w'))")
+            page.keyboard.press('Shift+Enter')
+            state_file = work / 'browser_state.json'
+            deadline = time.time() + 300
+            while not state_file.exists() and time.time() < deadline: time.sleep(0.5)
+            for cls, w in widgets.items(): w.screenshot(path=str(ARTIFACTS / f'{cls}-after.png'))
+            page.screenshot(path=str(ARTIFACTS / 'notebook.png'), full_page=False)
+        finally:
+            browser.close()
+    state = json.loads(state_file.read_text())
+    assert state['metric'] == 'lr' and state['series_is_lr']
+    assert state['run'] == 'smollm2'
+    assert state['layer'] == 3 and state['k'] == 3 and state['lens_columns'] == ['layer', 'top1', 'top2', 'top3']
+    assert state['max_tokens'] == 6 and 1 <= state['generated'] <= 6
