@@ -18,7 +18,7 @@ from .interp import attention_pattern, logit_lens
 
 # %% auto #0
 __all__ = ['METRICS', 'message', 'RunFolderError', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run', 'EvalDashboard',
-           'token_probabilities', 'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer']
+           'token_probabilities', 'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer', 'PatchingViewer']
 
 # %% ../nbs/12_widgets.ipynb #94e3b76a
 def message(text:str, kind:str='error') -> W.HTML:
@@ -331,3 +331,37 @@ class LogitLensViewer(_Widget):
     def lens(self): return logit_lens(self.model, self.ids, self.position.value)
     def top(self): return self.lens().top(self.tokenizer, self.k.value)
     def refresh(self): self.table.value = self.top().to_html(index=False)
+
+# %% ../nbs/12_widgets.ipynb #0e257e02
+class PatchingViewer(_Widget):
+    def __init__(self, model, tokenizer, clean:str, corrupted:str, answer:str, wrong:str):
+        from llmlab.interp import logit_diff_metric
+        self.model, self.tokenizer = model, tokenizer
+        self.clean, self.corrupted = (tokenizer(t, return_tensors='pt').input_ids for t in (clean, corrupted))
+        if self.clean.shape != self.corrupted.shape:
+            raise ValueError(f"clean and corrupted prompts must have the same number of tokens ({self.clean.shape[1]} vs {self.corrupted.shape[1]})")
+        ids = [tokenizer(t, add_special_tokens=False).input_ids[0] for t in (answer, wrong)]
+        self.metric = logit_diff_metric(ids[0], ids[1])
+        self.tokens = [tokenizer.decode([i]) for i in self.clean[0].tolist()]
+        self.activation = W.Dropdown(options=['resid_pre', 'attn_out', 'mlp_out'], value='resid_pre', description='patch')
+        self.plot = W.Output()
+        self.activation.observe(lambda c: self.refresh(), names='value')
+        self.widget = W.VBox([self.activation, self.plot]); self.widget.add_class('llmlab-patching-viewer')
+        self._cache = {}
+        self.refresh()
+
+    def result(self) -> torch.Tensor:
+        "Normalized recovery `(layers, positions)` for the selected activation."
+        from llmlab.interp import normalized_recovery, patch_residual
+        act = self.activation.value
+        if act not in self._cache:
+            with torch.no_grad():
+                clean_v, corrupt_v = (float(self.metric(self.model(x))[0]) for x in (self.clean, self.corrupted))
+            raw = patch_residual(self.model, self.clean, self.corrupted, self.metric, activation=act)
+            self._cache[act] = normalized_recovery(raw, clean_v, corrupt_v)
+        return self._cache[act]
+
+    def refresh(self):
+        from llmlab.interp import plot_heatmap
+        _figure_into(self.plot, lambda fig: plot_heatmap(self.result(), f'recovery when patching {self.activation.value}', 'position', 'layer',
+                                                         self.tokens, None, ax=fig.add_subplot(111), cmap='RdBu'))
