@@ -149,6 +149,7 @@ class EvalDashboard(_Widget):
         self.task = W.Dropdown(options=[], description='task')
         self.only_wrong = W.Checkbox(value=False, description='only items scored 0')
         self.scores_html, self.significance_html, self.items_html, self.status = W.HTML(), W.HTML(), W.HTML(), W.HTML()
+        self.items_html.layout = W.Layout(max_height='320px', overflow='auto')      # a long task scrolls inside the dashboard
         self.baseline.observe(lambda c: self._show_significance(), names='value')
         self.run.observe(lambda c: self._update_tasks(), names='value')
         for w in (self.task, self.only_wrong): w.observe(lambda c: self._show_items(), names='value')
