@@ -12,20 +12,19 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import CheckpointError, Config, ConfigError, LlmlabError, init_run_dir, seed_everything, write_json_atomic
 from accelerate.utils import DistributedType
 
+from .core import CheckpointError, Config, ConfigError, LlmlabError, init_run_dir, seed_everything, write_json_atomic
 from .data import ResumableSampler
 from .memory import checkpoint_model
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'apply_activation_checkpointing',
-           'NonFiniteLossError', 'flops_per_token', 'Trainer', 'read_metrics', 'plot_metrics', 'add_lora']
+__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'NonFiniteLossError', 'flops_per_token',
+           'Trainer', 'read_metrics', 'plot_metrics', 'add_lora']
 
 # %% ../nbs/08_train.ipynb #48494a34
 @dataclass
@@ -118,15 +117,7 @@ def latest_checkpoint(run_dir) -> Path|None:
     ckpt = Path(run_dir) / 'checkpoints' / json.loads(p.read_text())['name']
     return ckpt if ckpt.exists() else None
 
-# %% ../nbs/08_train.ipynb #adb8304f
-def apply_activation_checkpointing(model) -> nn.Module:
-    "Recompute each decoder block's activations in the backward pass (in place)."
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing as _apply
-    from llmlab.model import Block
-    _apply(model, check_fn=lambda m: isinstance(m, Block) or type(m).__name__.endswith('DecoderLayer'))
-    return model
-
-# %% ../nbs/08_train.ipynb #461eaf32
+# %% ../nbs/08_train.ipynb #f17db724
 class NonFiniteLossError(LlmlabError):
     "Too many consecutive steps had a non-finite loss or gradient."
 
@@ -428,7 +419,7 @@ def plot_metrics(run_dir, ax=None):
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
     return ax
 
-# %% ../nbs/08_train.ipynb #ccff2338
+# %% ../nbs/08_train.ipynb #d68f452f
 def add_lora(model, r:int=8, alpha:int=16, dropout:float=0.0, target_modules:Sequence[str]=('q_proj', 'v_proj')):
     "The model with LoRA adapters on `target_modules` (via `peft`); only the adapters require gradients."
     try: from peft import LoraConfig, get_peft_model
