@@ -1,11 +1,12 @@
 """The dashboards in a real JupyterLab, driven by Playwright with Debian's chromium.
 
-JupyterLab is started on 127.0.0.1 with a random token on a copy of the quickstart tutorial; the test runs all its
-cells from the Run menu, waits for every dashboard to render in the page, moves one control of each (dropdown, slider,
-button), then asks the kernel (through a cell it types) what the widgets hold, so the check is that the browser's
-action reached the Python side. Screenshots go to tests/artifacts/browser/. The server is always stopped.
+JupyterLab is started on 127.0.0.1 with a random token on a copy of the quickstart tutorial; once the server reports the
+kernel idle, the test runs all its cells from the Run menu (clicked again if the first cell did not start), waits for
+every dashboard to render in the page, moves one control of each (dropdown, slider, button), then asks the kernel
+(through a cell it types) what the widgets hold, so the check is that the browser's action reached the Python side. A failing cell fails the test at once with its traceback, the cell prompts and the
+server's log. Screenshots go to tests/artifacts/browser/. The server is always stopped.
 """
-import json, os, shutil, signal, socket, subprocess, sys, time, urllib.request
+import json, os, re, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -65,6 +66,52 @@ def set_slider(widget, value):
     readout.click(); readout.press('Control+A'); readout.type(str(value)); readout.press('Enter')
 
 
+def kernel_state(url, token):
+    "The notebook kernel's execution state as the server sees it ('starting', 'idle', 'busy'), or None before a session exists."
+    try: sessions = json.loads(urllib.request.urlopen(f'{url}/api/sessions?token={token}', timeout=5).read())
+    except OSError: return None
+    return sessions[0]['kernel']['execution_state'] if sessions else None
+
+
+def wait_until(condition, timeout, what, page, url, token, work, poll=1.0):
+    "Poll `condition` until it holds; on timeout fail with what the page and the server show (screenshot, prompts, errors, log)."
+    deadline = time.time() + timeout
+    while True:
+        check_no_cell_failed(what, page, url, token, work)
+        if condition(): return
+        if time.time() > deadline: fail(f'timed out after {timeout} s waiting for {what}', page, url, token, work)
+        page.wait_for_timeout(poll * 1000)               # lets Playwright process the page's events meanwhile
+
+
+def check_no_cell_failed(what, page, url, token, work):
+    errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Error")')
+    if errors.count(): fail(f'a cell failed ({what})', page, url, token, work, errors.first.text_content())
+
+
+def fail(message, page, url, token, work, detail=''):
+    try: page.screenshot(path=str(ARTIFACTS / 'failure.png'))
+    except Exception: pass
+    prompts = page.evaluate("() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent)")
+    log = (work.parent / 'jupyterlab.log').read_text()[-2000:]
+    pytest.fail(f'{message}\n{detail}\ncode cell prompts: {prompts}\nkernel: {kernel_state(url, token)}\n'
+                f'screenshot: {ARTIFACTS / "failure.png"}\njupyterlab.log (end):\n{log}')
+
+
+def run_all_cells(page, url, token, work):
+    "Run > Run All Cells, once the kernel is idle; repeated if the click did not start the first cell (a menu opened too early)."
+    wait_until(lambda: kernel_state(url, token) == 'idle', 180, 'the kernel to start', page, url, token, work)
+    first_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').first
+    for attempt in range(3):
+        page.keyboard.press('Escape')
+        page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+        page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if re.search(r'\[(\*|\d+)\]', first_prompt.text_content() or ''): return
+            page.wait_for_timeout(500)
+    fail('Run All Cells did not start the first cell (3 tries)', page, url, token, work)
+
+
 @pytest.mark.slow
 def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
@@ -76,22 +123,17 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             page = browser.new_page(viewport={'width': 1500, 'height': 1100})
             page.set_default_timeout(60_000)
             page.goto(f'{url}/lab/tree/quickstart.ipynb?token={token}')
-            page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=120_000)
-            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-Toolbar-kernelStatus', timeout=120_000)
-            page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
-            page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
-            widgets = {}
+            page.wait_for_selector('.jp-NotebookPanel .jp-CodeCell', timeout=120_000)
+            run_all_cells(page, url, token, work)
+            widgets, deadline = {}, time.time() + 900             # the whole tutorial: ~1 min idle, ~3 min on 2 busy cores
             for cls in WIDGETS:                                   # each dashboard renders in the DOM
                 widgets[cls] = page.locator(f'.{cls}').first
-                try: widgets[cls].wait_for(state='visible', timeout=900_000)
-                except Exception:
-                    page.screenshot(path=str(ARTIFACTS / 'failure.png'))
-                    raise
+                wait_until(widgets[cls].is_visible, deadline - time.time(), f'the {cls} widget', page, url, token, work)
             # the last cell (the logit-lens assertion) has run when its prompt shows an execution count
-            page.wait_for_function("""() => { const p = [...document.querySelectorAll('.jp-Notebook .jp-Cell .jp-InputPrompt')];
-                                              return p.length && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }""", timeout=900_000)
-            errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Error")')
-            assert errors.count() == 0, errors.first.text_content()
+            last_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').last
+            wait_until(lambda: re.search(r'\[\d+\]', last_prompt.text_content() or ''), deadline - time.time(), 'the last cell',
+                       page, url, token, work)
+            check_no_cell_failed('after the last cell', page, url, token, work)
             for cls, w in widgets.items():
                 w.scroll_into_view_if_needed(); w.screenshot(path=str(ARTIFACTS / f'{cls}.png'))
             # one control of each widget
