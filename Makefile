@@ -43,7 +43,7 @@ install: | $(BIN)/python
 quickstart: install
 	$(BIN)/llmlab quickstart
 	@echo "Dashboards: 'make lab' opens JupyterLab on nbs/tutorials/quickstart.ipynb (training monitor, evaluation dashboard,"
-	@echo "generation playground, attention and logit-lens viewers); llmlab.widgets.TrainingMonitor('runs/quickstart/train') watches the run above."
+	@echo "generation playground, attention, logit-lens and patching viewers); llmlab.widgets.TrainingMonitor('runs/quickstart/train') watches the run above."
 
 test: install
 	$(BIN)/python -m pytest tests -q -ra --durations=15 $(PYTEST_ARGS)

@@ -16,7 +16,7 @@ CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-dev-shm-usage']
 WIDGETS = ['llmlab-generation-playground', 'llmlab-training-monitor', 'llmlab-eval-dashboard', 'llmlab-attention-viewer',
-           'llmlab-logit-lens']
+           'llmlab-logit-lens', 'llmlab-patching-viewer']
 
 
 def free_port() -> int:
@@ -129,7 +129,7 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             for cls in WIDGETS:                                   # each dashboard renders in the DOM
                 widgets[cls] = page.locator(f'.{cls}').first
                 wait_until(widgets[cls].is_visible, deadline - time.time(), f'the {cls} widget', page, url, token, work)
-            # the last cell (the logit-lens assertion) has run when its prompt shows an execution count
+            # the last cell (the logit-lens and patching assertions) has run when its prompt shows an execution count
             last_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').last
             wait_until(lambda: re.search(r'\[\d+\]', last_prompt.text_content() or ''), deadline - time.time(), 'the last cell',
                        page, url, token, work)
@@ -141,6 +141,7 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             widgets['llmlab-eval-dashboard'].locator('.widget-dropdown select').nth(1).select_option(label='smollm2')
             set_slider(widgets['llmlab-attention-viewer'].locator('.widget-slider').first, 3)
             set_slider(widgets['llmlab-logit-lens'].locator('.widget-slider').first, 3)
+            widgets['llmlab-patching-viewer'].locator('select').first.select_option(label='mlp_out')
             set_slider(widgets['llmlab-generation-playground'].locator('.widget-slider').nth(3), 6)   # max tokens
             widgets['llmlab-generation-playground'].locator('button', has_text='Generate').click()
             page.wait_for_timeout(3000)
@@ -151,7 +152,8 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             page.keyboard.type("import json; json.dump({'metric': monitor.metric.value, 'run': dashboard.run.value, "
                                "'layer': attention.layer.value, 'k': lens.k.value, 'max_tokens': playground.max_tokens.value, "
                                "'generated': len(playground.results['SmolLM2-135M']['ids']), 'pattern_shape': list(attention.pattern().shape), "
-                               "'lens_columns': list(lens.top().columns), 'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}, "
+                               "'lens_columns': list(lens.top().columns), 'patch': patching.activation.value, "
+                               "'patched': sorted(patching._cache), 'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}, "
                                "open('browser_state.json', 'w'))")
             page.keyboard.press('Shift+Enter')
             state_file = work / 'browser_state.json'
@@ -165,4 +167,5 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     assert state['metric'] == 'lr' and state['series_is_lr']
     assert state['run'] == 'smollm2'
     assert state['layer'] == 3 and state['k'] == 3 and state['lens_columns'] == ['layer', 'top1', 'top2', 'top3']
+    assert state['patch'] == 'mlp_out' and state['patched'] == ['mlp_out', 'resid_pre']   # the dropdown recomputed the heat map
     assert state['max_tokens'] == 6 and 1 <= state['generated'] <= 6
