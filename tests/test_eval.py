@@ -71,7 +71,7 @@ SLOW_EVAL = textwrap.dedent('''
     from llmlab.eval import EvalModel, evaluate_task, builtin_tasks
     class Slow(EvalModel):
         def loglikelihood(self, reqs):
-            time.sleep(0.05)
+            time.sleep(0.2)     # the test has seconds, not milliseconds, to kill it before the end
             return super().loglikelihood(reqs)
     lm = Slow(load_hf_dir(sys.argv[1]), load_tokenizer('smollm2-135m-instruct'), progress=False)
     evaluate_task(lm, builtin_tasks['arithmetic_mc'], sys.argv[2], chunk_size=5, bootstrap_iters=0, progress=False)

@@ -13,12 +13,15 @@ SCRIPT = textwrap.dedent('''
     from llmlab.train import Trainer, TrainConfig
     data_dir, run_dir, batch, micro, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     slow = float(os.environ.get('SLOW_STEP', '0'))
-    if os.environ.get('SLOW_SAVE'):   # widen the moment between writing a checkpoint folder and renaming it into place
+    if os.environ.get('HANG_SAVE'):   # hold the run between writing checkpoint HANG_SAVE's folder and renaming it into place
         import accelerate
         real_save = accelerate.Accelerator.save_state
-        def slow_save(self, *a, **k):
-            out = real_save(self, *a, **k); time.sleep(float(os.environ['SLOW_SAVE'])); return out
-        accelerate.Accelerator.save_state = slow_save
+        def hanging_save(self, output_dir, *a, **k):
+            out = real_save(self, output_dir, *a, **k)
+            if Path(output_dir).name == f".step-{int(os.environ['HANG_SAVE']):08d}.tmp":
+                Path(run_dir, 'checkpoint-written').touch(); time.sleep(600)   # the test kills the run here
+            return out
+        accelerate.Accelerator.save_state = hanging_save
     torch.manual_seed(0)
     model = Llama(ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               max_position_embeddings=64))
@@ -92,7 +95,9 @@ def test_ddp_with_accumulation_and_clipping_equals_one_process(data, tmp_path):
 def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
     d, script = data
     run([sys.executable, str(script), str(d), str(tmp_path / 'full'), '8', '4', '24', 'none'], env={'SAVE_EVERY': '4'})
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SAVE_EVERY': '4', 'SLOW_STEP': '0.15', 'SLOW_SAVE': '0.3'}
+    hang_at = random.Random(2).choice([8, 12, 16])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SAVE_EVERY': '4', 'SLOW_STEP': '0.15'}
+    if where != 'at a random step': env['HANG_SAVE'] = str(hang_at)
     p = subprocess.Popen([sys.executable, str(script), str(d), str(tmp_path / 'killed'), '8', '4', '24', 'none'], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir, metrics = tmp_path / 'killed' / 'checkpoints', tmp_path / 'killed' / 'metrics.jsonl'
@@ -101,13 +106,15 @@ def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
     while time.time() < deadline and p.poll() is None:
         if where == 'at a random step':
             caught = metrics.exists() and len(metrics.read_text().splitlines()) >= target
-        else:   # a checkpoint folder is being written while an earlier one is complete
-            caught = any(ckdir.glob('.step-*.tmp')) and any(ckdir.glob('step-*'))
+        else:   # checkpoint `hang_at` is written, not yet renamed into place; earlier ones are complete
+            caught = (tmp_path / 'killed' / 'checkpoint-written').exists()
         if caught: break
         time.sleep(0.001)
     os.kill(p.pid, signal.SIGKILL); p.wait()
     assert caught, 'the run ended before it could be killed where intended'
-    if where != 'at a random step': assert any(ckdir.glob('.step-*.tmp'))  # the half-written checkpoint is still there
+    if where != 'at a random step':                                      # the half-written checkpoint is still there
+        assert (ckdir / f'.step-{hang_at:08d}.tmp').is_dir() and not (ckdir / f'step-{hang_at:08d}').exists()
+        assert any(ckdir.glob('step-*'))
     latest = json.loads((ckdir / 'latest.json').read_text())
     assert (ckdir / latest['name']).is_dir()                              # "latest" always points at a whole checkpoint
     run([sys.executable, str(script), str(d), str(tmp_path / 'killed'), '8', '4', '24', 'auto'], env={'SAVE_EVERY': '4'})
