@@ -73,22 +73,26 @@ def kernel_state(url, token):
     return sessions[0]['kernel']['execution_state'] if sessions else None
 
 
-def wait_until(condition, timeout, what, page, url, token, work, poll=1.0):
-    "Poll `condition` until it holds; on timeout fail with what the page and the server show (screenshot, prompts, errors, log)."
+def wait_until(condition, timeout, what, page, lab, poll=1.0, required=True):
+    """Poll `condition` until it holds (True) or `timeout` s pass: then fail with what the page and the server show, or
+    return False when not `required`. A cell that fails meanwhile fails the test at once."""
     deadline = time.time() + timeout
     while True:
-        check_no_cell_failed(what, page, url, token, work)
-        if condition(): return
-        if time.time() > deadline: fail(f'timed out after {timeout} s waiting for {what}', page, url, token, work)
+        check_no_cell_failed(what, page, lab)
+        if condition(): return True
+        if time.time() > deadline:
+            if required: fail(f'timed out after {timeout:.0f} s waiting for {what}', page, lab)
+            return False
         page.wait_for_timeout(poll * 1000)               # lets Playwright process the page's events meanwhile
 
 
-def check_no_cell_failed(what, page, url, token, work):
+def check_no_cell_failed(what, page, lab):
     errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Error")')
-    if errors.count(): fail(f'a cell failed ({what})', page, url, token, work, errors.first.text_content())
+    if errors.count(): fail(f'a cell failed ({what})', page, lab, errors.first.text_content())
 
 
-def fail(message, page, url, token, work, detail=''):
+def fail(message, page, lab, detail=''):
+    url, token, work = lab
     try: page.screenshot(path=str(ARTIFACTS / 'failure.png'))
     except Exception: pass
     prompts = page.evaluate("() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent)")
@@ -97,19 +101,18 @@ def fail(message, page, url, token, work, detail=''):
                 f'screenshot: {ARTIFACTS / "failure.png"}\njupyterlab.log (end):\n{log}')
 
 
-def run_all_cells(page, url, token, work):
+def run_all_cells(page, lab):
     "Run > Run All Cells, once the kernel is idle; repeated if the click did not start the first cell (a menu opened too early)."
-    wait_until(lambda: kernel_state(url, token) == 'idle', 180, 'the kernel to start', page, url, token, work)
+    url, token, _ = lab
+    wait_until(lambda: kernel_state(url, token) == 'idle', 180, 'the kernel to start', page, lab)
     first_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').first
-    for attempt in range(3):
+    for _ in range(3):
         page.keyboard.press('Escape')
         page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
         page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if re.search(r'\[(\*|\d+)\]', first_prompt.text_content() or ''): return
-            page.wait_for_timeout(500)
-    fail('Run All Cells did not start the first cell (3 tries)', page, url, token, work)
+        if wait_until(lambda: re.search(r'\[(\*|\d+)\]', first_prompt.text_content() or ''), 30, 'the first cell to start', page, lab,
+                      poll=0.5, required=False): return
+    fail('Run All Cells did not start the first cell (3 tries)', page, lab)
 
 
 @pytest.mark.slow
@@ -124,16 +127,16 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             page.set_default_timeout(60_000)
             page.goto(f'{url}/lab/tree/quickstart.ipynb?token={token}')
             page.wait_for_selector('.jp-NotebookPanel .jp-CodeCell', timeout=120_000)
-            run_all_cells(page, url, token, work)
+            run_all_cells(page, lab)
             widgets, deadline = {}, time.time() + 900             # the whole tutorial: ~1 min idle, ~3 min on 2 busy cores
             for cls in WIDGETS:                                   # each dashboard renders in the DOM
                 widgets[cls] = page.locator(f'.{cls}').first
-                wait_until(widgets[cls].is_visible, deadline - time.time(), f'the {cls} widget', page, url, token, work)
+                wait_until(widgets[cls].is_visible, deadline - time.time(), f'the {cls} widget', page, lab)
             # the last cell (the logit-lens and patching assertions) has run when its prompt shows an execution count
             last_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').last
             wait_until(lambda: re.search(r'\[\d+\]', last_prompt.text_content() or ''), deadline - time.time(), 'the last cell',
-                       page, url, token, work)
-            check_no_cell_failed('after the last cell', page, url, token, work)
+                       page, lab)
+            check_no_cell_failed('after the last cell', page, lab)
             for cls, w in widgets.items():
                 w.scroll_into_view_if_needed(); w.screenshot(path=str(ARTIFACTS / f'{cls}.png'))
             # one control of each widget
