@@ -7,13 +7,12 @@ Docs: https://llmlab.github.io/llmlab/attention.html.md"""
 # %% ../nbs/01_attention.ipynb #d8c96d6f
 from __future__ import annotations
 import math
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import Registry, ConfigError
+from .core import Registry
 
 # %% auto #0
 __all__ = ['attention_backends', 'check_attention_inputs', 'allowed_positions', 'repeat_kv', 'attention_probs', 'eager_attention',

@@ -8,14 +8,13 @@ Docs: https://llmlab.github.io/llmlab/checkpoints.html.md"""
 from __future__ import annotations
 import hashlib, json, os, shutil, uuid, warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import CheckpointError, ConfigError, Registry, UnknownNameError, get_dtype, get_device, dtype_name
+from .core import CheckpointError, Registry, UnknownNameError, get_dtype, get_device, dtype_name
 from .model import Llama, ModelConfig, generate
 
 # %% auto #0

@@ -6,14 +6,15 @@ Docs: https://llmlab.github.io/llmlab/cli.html.md"""
 
 # %% ../nbs/13_cli.ipynb #65c4cafe
 from __future__ import annotations
-import argparse, codecs, importlib.util, json, math, os, sys, time
+import argparse, codecs, importlib.util, json, sys, time
 from pathlib import Path
 
 import torch
+from transformers import TextStreamer
 
-from .core import ConfigError, LlmlabError, get_device, get_dtype, init_run_dir, load_config_file, seed_everything, write_json_atomic
+from .core import ConfigError, LlmlabError, get_device, init_run_dir, load_config_file, seed_everything, write_json_atomic
 from .model import perplexity
-from .checkpoints import load_pretrained, load_tokenizer, generate_text, resolve_source, pretrained_models
+from .checkpoints import load_pretrained, load_tokenizer, generate_text, pretrained_models
 
 # %% auto #0
 __all__ = ['QUICKSTART_TRAIN', 'zen_of_python', 'quickstart', 'DataConfig', 'train_from_config', 'build_parser', 'main']
@@ -26,41 +27,49 @@ def zen_of_python() -> str:
     return codecs.decode(encoded, 'rot13')
 
 # %% ../nbs/13_cli.ipynb #fefb602d
+class _CountingStreamer(TextStreamer):
+    "Prints the reply as it is generated and keeps its token ids, so the quickstart can tell whether it ended or was cut."
+    def __init__(self, *a, **kw): super().__init__(*a, **kw); self.ids = []
+    def put(self, value):
+        if not (self.skip_prompt and self.next_tokens_are_prompt): self.ids += value.flatten().tolist()
+        super().put(value)
+
 def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sentences why the sky is blue.',
-               max_new_tokens:int=64, run_dir:str|Path='runs/quickstart', device:str='auto', dtype:str='float32',
+               max_new_tokens:int=256, run_dir:str|Path='runs/quickstart', device:str='auto', dtype:str='float32',
                seed:int=0, train_minutes:float=2.0, out=None) -> dict:
-    "Load a model, chat with it, measure its perplexity; print as it goes and return the summary."
-    from transformers import TextStreamer
+    "Load a model, chat with it, measure its perplexity, train a small model; print as it goes and return the summary."
     out = out or sys.stdout
     say = lambda *a: print(*a, file=out, flush=True)
+    n_steps = 4 if train_minutes > 0 else 3
     seed_everything(seed)
     dev = get_device(device)
     say(f"llmlab quickstart: {model} on {dev.type} ({torch.get_num_threads()} threads), {dtype}")
-    say("\n[1/3] Loading the model (the first run dequantizes the GGUF and caches it; later runs read the cache)")
+    say(f"\n[1/{n_steps}] Loading the model (the first run dequantizes the GGUF and caches it; later runs read the cache)")
     t = time.perf_counter()
     m = load_pretrained(model, dtype=dtype, device=dev, progress=True)
     tok = load_tokenizer(model)
     load_s = time.perf_counter() - t
     say(f"      {m.num_parameters() / 1e6:.1f}M parameters, {m.config.num_hidden_layers} layers, loaded in {load_s:.1f} s")
 
-    say(f"\n[2/4] Chat\n      user: {prompt}\n      assistant:")
-    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    say(f"\n[2/{n_steps}] Chat\n      user: {prompt}\n      assistant:")
+    streamer = _CountingStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     t = time.perf_counter()
     reply = generate_text(m, tok, [{'role': 'user', 'content': prompt}], max_new_tokens=max_new_tokens, streamer=streamer)
     gen_s = time.perf_counter() - t
-    n_new = len(tok(reply, add_special_tokens=False).input_ids)
-    say(f"      ({n_new} tokens in {gen_s:.1f} s, {n_new / gen_s:.1f} tokens/s)")
+    n_new, cut = len(streamer.ids), tok.eos_token_id not in streamer.ids
+    say(f"      ({n_new} tokens in {gen_s:.1f} s, {n_new / gen_s:.1f} tokens/s" +
+        (f"; cut at the budget of {max_new_tokens} tokens: --max-new-tokens gives more)" if cut else "; the reply ended by itself)"))
 
     text = zen_of_python()
     ids = tok(text, return_tensors='pt').input_ids.to(dev)
     ppl = perplexity(m, ids)
-    say(f"\n[3/4] Perplexity on the Zen of Python ({ids.shape[1]} tokens): {ppl:.2f}")
+    say(f"\n[3/{n_steps}] Perplexity on the Zen of Python ({ids.shape[1]} tokens): {ppl:.2f}")
 
     summary = dict(model=model, device=dev.type, dtype=dtype, parameters=m.num_parameters(), load_seconds=round(load_s, 3),
-                   prompt=prompt, reply=reply, generated_tokens=n_new, tokens_per_second=round(n_new / gen_s, 2),
+                   prompt=prompt, reply=reply, generated_tokens=n_new, reply_cut=cut, tokens_per_second=round(n_new / gen_s, 2),
                    perplexity_text='zen_of_python', perplexity_tokens=ids.shape[1], perplexity=ppl)
     if train_minutes > 0:
-        say(f"\n[4/4] Training a small Llama from scratch on the Python standard library for {train_minutes:g} minutes")
+        say(f"\n[4/{n_steps}] Training a small Llama from scratch on the Python standard library for {train_minutes:g} minutes")
         t = train_from_config(QUICKSTART_TRAIN, run_dir=str(Path(run_dir or 'runs/quickstart') / 'train'), max_minutes=train_minutes)
         say(f"      {t['parameters'] / 1e6:.1f}M parameters, {t['step']} steps, {t['tokens'] / 1e6:.2f}M tokens: "
             f"validation loss {t.get('val_loss', float('nan')):.3f} (perplexity {t.get('val_perplexity', float('nan')):.1f}); "
@@ -75,7 +84,7 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
     return summary
 
 # %% ../nbs/13_cli.ipynb #04606c55
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 from .core import Config, load_config_file
 
@@ -95,7 +104,6 @@ def train_from_config(cfg:dict|str|Path, **train_overrides) -> dict:
     from llmlab.model import Llama, ModelConfig
     from llmlab.data import TokenShards, build_shards, demo_shards, load_corpus, split_documents
     from llmlab.train import Trainer, TrainConfig
-    from llmlab.checkpoints import cache_root
     d = load_config_file(cfg) if isinstance(cfg, (str, Path)) else dict(cfg)
     unknown = set(d) - {'model', 'data', 'train'}
     if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)}; use model, data, train")
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser('quickstart', help='load SmolLM2, chat with it, measure perplexity')
     q.add_argument('--model', default='smollm2-135m-instruct', help=f"known name ({', '.join(pretrained_models.names())}), HF directory or .gguf")
     q.add_argument('--prompt', default='Explain in two sentences why the sky is blue.')
-    q.add_argument('--max-new-tokens', type=int, default=64)
+    q.add_argument('--max-new-tokens', type=int, default=256, help='the chat reply stops at the end-of-turn token or here')
     q.add_argument('--run-dir', default='runs/quickstart')
     q.add_argument('--device', default='auto'); q.add_argument('--dtype', default='float32')
     q.add_argument('--train-minutes', type=float, default=2.0, help='minutes of training a small model (0 skips it)')

@@ -6,18 +6,18 @@ Docs: https://llmlab.github.io/llmlab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, subprocess, sys, time, types, typing
-from dataclasses import dataclass, field, fields, is_dataclass
+import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, subprocess, sys, time, types
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['LlmlabError', 'ConfigError', 'CheckpointError', 'UnknownNameError', 'Registry', 'Config', 'load_config_file',
-           'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'git_revision', 'environment_info',
-           'init_run_dir', 'write_json_atomic']
+           'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'assert_close', 'git_revision',
+           'environment_info', 'init_run_dir', 'write_json_atomic']
 
 # %% ../nbs/00_core.ipynb #d9411469
 class LlmlabError(Exception):
@@ -250,6 +250,35 @@ def get_dtype(dtype:str|torch.dtype|None='auto', device:torch.device|str|None=No
 def dtype_name(dtype:torch.dtype) -> str:
     "The Hugging Face spelling of `dtype` ('float32', 'bfloat16', ...)."
     return str(dtype).removeprefix('torch.')
+
+# %% ../nbs/00_core.ipynb #772ff82a
+def assert_close(actual, expected, *, atol:float=0.0, rtol:float=0.0, what:str='values') -> float:
+    "Assert `|actual - expected| <= atol + rtol*|expected|` everywhere; return the largest error as a fraction of its bound."
+    a, e = (torch.as_tensor(x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x)).double() for x in (actual, expected))
+    if a.shape != e.shape: raise AssertionError(f"{what}: shapes differ: actual {tuple(a.shape)}, expected {tuple(e.shape)}")
+    if a.numel() == 0: return 0.0
+    err, bound = (a - e).abs(), atol + rtol * e.abs()
+    err = torch.where(torch.isnan(a) & torch.isnan(e), 0.0, err.nan_to_num(nan=float('inf')))   # NaN matches only NaN
+    used = torch.where(bound > 0, err / bound, torch.where(err > 0, float('inf'), 0.0))
+    worst = int(used.flatten().argmax())
+    used_max, idx = float(used.flatten()[worst]), tuple(int(i) for i in np.unravel_index(worst, tuple(a.shape)))
+    if os.environ.get('LLMLAB_TOLERANCE_LOG'): _log_tolerance(what, float(err.max()), used_max, atol, rtol)
+    if used_max > 1:
+        raise AssertionError(f"{what}: |actual - expected| = {float(err.flatten()[worst]):.3g} at {idx} (actual {float(a.flatten()[worst]):.6g}, "
+                             f"expected {float(e.flatten()[worst]):.6g}) exceeds the bound {float(bound.flatten()[worst]):.3g} "
+                             f"= atol {atol:g} + rtol {rtol:g} x |expected|")
+    return used_max
+
+def _log_tolerance(what, max_err, used, atol, rtol):
+    "One line per comparison in $LLMLAB_TOLERANCE_LOG: where it was made and how much of its bound it used."
+    import inspect, linecache
+    frame = inspect.stack()[2]
+    line = (linecache.getline(frame.filename, frame.lineno) or (frame.code_context or [''])[0]).strip()
+    file = Path(frame.filename)   # a notebook cell has no file of its own: the notebook test names the notebook
+    source = f"{file.name}:{frame.lineno}" if file.is_file() else os.environ.get('LLMLAB_TOLERANCE_SOURCE', file.name)
+    with open(os.environ['LLMLAB_TOLERANCE_LOG'], 'a') as f:
+        f.write(json.dumps({'source': source, 'line': line, 'what': what, 'max_abs_err': max_err, 'used': used,
+                            'atol': atol, 'rtol': rtol}) + '\n')
 
 # %% ../nbs/00_core.ipynb #5912f679
 def git_revision(path='.') -> str|None:

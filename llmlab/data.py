@@ -7,13 +7,11 @@ Docs: https://llmlab.github.io/llmlab/data.html.md"""
 # %% ../nbs/04_data.ipynb #39d71a6e
 from __future__ import annotations
 import hashlib, json, os, random, sysconfig
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .core import ConfigError, write_json_atomic
 

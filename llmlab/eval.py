@@ -6,17 +6,16 @@ Docs: https://llmlab.github.io/llmlab/eval.html.md"""
 
 # %% ../nbs/10_eval.ipynb #f12f7bbe
 from __future__ import annotations
-import ast, gzip, json, math, os, random, re, resource, shutil, signal, subprocess, sys, tempfile, textwrap, time
+import ast, gzip, json, math, os, random, re, shutil, signal, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Config, ConfigError, Registry, UnknownNameError, init_run_dir, write_json_atomic
+from .core import Config, ConfigError, Registry, init_run_dir, write_json_atomic
 from .model import Llama
 from . import metrics as M
 

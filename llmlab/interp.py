@@ -7,16 +7,15 @@ Docs: https://llmlab.github.io/llmlab/interp.html.md"""
 # %% ../nbs/11_interp.ipynb #8321523f
 from __future__ import annotations
 import contextlib, copy, json, math, warnings, weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import attention_backends, attention_probs, repeat_kv
+from .attention import attention_backends, repeat_kv
 from .model import Llama, apply_rotary
 
 # %% auto #0

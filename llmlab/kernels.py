@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')   # no GPU: kernels run in the interpreter
 try:
@@ -30,7 +29,7 @@ def _interpret_language():
 
 if os.environ.get('TRITON_INTERPRET', '0') == '1': _interpret_language()
 
-from .attention import attention_backends, check_attention_inputs
+from .attention import attention_backends
 from .model import MLP, Attention, RMSNorm
 
 # %% auto #0

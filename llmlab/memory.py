@@ -6,10 +6,9 @@ Docs: https://llmlab.github.io/llmlab/memory.html.md"""
 
 # %% ../nbs/06_memory.ipynb #18899b85
 from __future__ import annotations
-import functools, json, math
-from dataclasses import asdict, dataclass, field
+import json, math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import ConfigError
-from .model import MLP, Attention, Block, Llama, ModelConfig
+from .model import Block, Llama, ModelConfig
 
 # %% auto #0
 __all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_model', 'Hardware',

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .core import Registry, UnknownNameError
+from .core import UnknownNameError
 
 # %% auto #0
 __all__ = ['METRIC_MODULES', 'accuracy', 'f1', 'matthews_corrcoef', 'normalize_answer', 'exact_match', 'token_f1', 'squad_v2',

@@ -8,7 +8,7 @@ Docs: https://llmlab.github.io/llmlab/model.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn

@@ -153,6 +153,23 @@ def _make_accelerator(c:TrainConfig):
     handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend='gloo')]
     return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, **common)
 
+def _progress_bar(c:TrainConfig, step:int, disable:bool):
+    "Steps against `max_steps`; under a time budget (`max_minutes`), seconds against the budget, with the step beside it."
+    if c.max_minutes is None: return tqdm(total=c.max_steps, initial=step, desc='training', disable=disable)
+    return tqdm(total=round(60 * c.max_minutes), desc='training', unit='s', disable=disable,
+                bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}')
+
+def _drop_tied_duplicates(models, weights, output_dir):
+    """Accelerate's save-state hook: a tied output layer is the embedding under a second name. safetensors stores a tensor
+    once, so keep its first name (Accelerate would drop the same one, with a warning); loading ties it again."""
+    for state in weights:
+        seen = set()
+        for name, t in list(state.items()):
+            if not isinstance(t, torch.Tensor) or t.device.type == 'meta': continue
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+            if key in seen: del state[name]
+            else: seen.add(key)
+
 def _loss(model, batch) -> torch.Tensor:
     out = model(batch['input_ids'])
     logits = out if isinstance(out, torch.Tensor) else out.logits
@@ -206,6 +223,7 @@ class Trainer:
         else:
             self.model, self.optimizer = acc.prepare(model, opt)
         acc.register_for_checkpointing(self.scheduler)
+        acc.register_save_state_pre_hook(_drop_tied_duplicates)
         self.sampler = ResumableSampler(len(train_data), seed=c.seed, rank=self.dp_rank, world_size=self.dp_size)
         self.state = TrainerState(self.sampler)
         acc.register_for_checkpointing(self.state)
@@ -337,7 +355,7 @@ class Trainer:
                 (self.run_dir / 'metrics.jsonl').write_text(''.join(l + '\n' for l in lines))
         self.model.train()
         batches = self._batches()
-        bar = tqdm(total=c.max_steps, initial=st.step, desc='training', disable=not (c.progress and acc.is_main_process))
+        bar = _progress_bar(c, st.step, disable=not (c.progress and acc.is_main_process))
         t0, tokens0, last = time.perf_counter(), st.tokens, {}
         started = time.perf_counter()
         while st.step < c.max_steps and not self.should_stop:
@@ -364,7 +382,7 @@ class Trainer:
             self.scheduler.step()
             if not self.deepspeed: self.optimizer.zero_grad(set_to_none=True)
             st.step += 1
-            bar.update(1)
+            bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
             record = {'step': st.step, 'loss': float(mean_loss), 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm,
                       'tokens': st.tokens}
             if not finite:
@@ -384,7 +402,7 @@ class Trainer:
                 if c.peak_tflops and tps: record['mfu'] = record['model_tflops'] / (c.peak_tflops * acc.num_processes)
                 t0, tokens0 = time.perf_counter(), st.tokens
                 self._log(record); last = record
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                bar.set_postfix_str(f"step {st.step}, loss {record['loss']:.3f}" if c.max_minutes is not None else f"loss {record['loss']:.3f}")
             self._callback('on_step_end', record)
             final = final or self.should_stop
             if self.val_data is not None and (st.step % c.eval_every == 0 or final):

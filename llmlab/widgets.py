@@ -6,14 +6,14 @@ Docs: https://llmlab.github.io/llmlab/widgets.html.md"""
 
 # %% ../nbs/12_widgets.ipynb #afae991f
 from __future__ import annotations
-import html, json, math, threading
+import html, json, threading
 from pathlib import Path
-from typing import Optional
 
 import torch
 import ipywidgets as W
 from IPython.display import display
 
+from .core import LlmlabError
 from .interp import attention_pattern, logit_lens
 
 # %% auto #0
@@ -41,7 +41,7 @@ class _Widget:
 # %% ../nbs/12_widgets.ipynb #87285b3f
 METRICS = ('loss', 'lr', 'grad_norm', 'tokens_per_second', 'mfu', 'peak_memory_mb')
 
-class RunFolderError(Exception): "A run folder that cannot be read, with the reason."
+class RunFolderError(LlmlabError, ValueError): "A run folder that cannot be read, with the reason."
 
 def read_run_metrics(run_dir) -> list[dict]:
     "The records of `run_dir/metrics.jsonl`; a half-written last line (a run still writing) is ignored."
@@ -141,7 +141,6 @@ def read_eval_run(run_dir) -> dict:
 
 class EvalDashboard(_Widget):
     def __init__(self, run_dirs, baseline=None):
-        import pandas as pd
         self.run_dirs = [Path(r) for r in run_dirs]
         names = [r.name for r in self.run_dirs]
         self.baseline = W.Dropdown(options=['(none)'] + names, value=Path(baseline).name if baseline else '(none)', description='baseline')

@@ -7,7 +7,8 @@ NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if '.ipynb_checkpoints' not i
 
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
-def test_notebook(nb):
+def test_notebook(nb, monkeypatch):
     from nbdev.test import test_nb
+    monkeypatch.setenv('LLMLAB_TOLERANCE_SOURCE', str(nb.relative_to(NBS)))   # names the notebook in assert_close's log
     ok, seconds = test_nb(nb, skip_flags=['gpu'], basepath=NBS.parent, cell_timeout=600)
     assert ok, f'{nb.name} failed (traceback above)'

@@ -11,6 +11,7 @@ SCRIPT = textwrap.dedent('''
     from torch.distributed.tensor import DTensor
     from llmlab.model import Llama, ModelConfig
     from llmlab.parallel import apply_tensor_parallel, apply_fsdp
+    from llmlab.core import assert_close
     dist.init_process_group('gloo')
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2
@@ -30,7 +31,8 @@ SCRIPT = textwrap.dedent('''
     opt, ref_opt = torch.optim.AdamW(model.parameters(), lr=1e-2), torch.optim.AdamW(ref.parameters(), lr=1e-2)
     for step in range(3):
         out, expect = model(mine), ref(ids)
-        if mode == 'tp': assert (out - expect).abs().max() < 1e-5, (out - expect).abs().max()
+        # sharded matmuls sum partial products across ranks: observed 6.7e-7 on logits of magnitude ~1
+        if mode == 'tp': assert_close(out, expect, atol=1e-5, what=f'TP logits, step {step}')
         loss = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), mine[:, 1:].flatten())
         ref_loss = torch.nn.functional.cross_entropy(expect[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
         loss.backward(); ref_loss.backward(); opt.step(); ref_opt.step(); opt.zero_grad(); ref_opt.zero_grad()
@@ -38,7 +40,9 @@ SCRIPT = textwrap.dedent('''
     for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         full = p.full_tensor() if isinstance(p, DTensor) else p
         sharded += isinstance(p, DTensor) and p.to_local().shape != p.shape
-        assert (full - q).abs().max() < 1e-5, (name, (full - q).abs().max())
+        # three AdamW steps at lr 1e-2: Adam's normalisation turns last-bit gradient differences into ~lr-sized ones where a
+        # gradient is near zero (observed 5.1e-6 on weights ~0.1)
+        assert_close(full, q, atol=5e-5, what=f'{mode} weight {name} after 3 steps')
     expected_sharded = 14 if mode == 'tp' else 21   # TP: 7 linears x 2 blocks; FSDP: every parameter
     assert sharded == expected_sharded, (mode, sharded)
     if mode == 'tp' and rank == 0:
@@ -71,6 +75,7 @@ PIPELINE = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
     from llmlab.model import Llama, ModelConfig
     from llmlab.parallel import pipeline_stage, pipeline_schedule
+    from llmlab.core import assert_close
     dist.init_process_group('gloo'); rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
@@ -88,8 +93,10 @@ PIPELINE = textwrap.dedent('''
     mine = {id(p): p for p in stage.parameters()}
     # stage parameters are the model's own modules: compare each with the same parameter of the reference model
     for (n, p), (rn, rp) in zip(model.named_parameters(), ref.named_parameters()):
-        if id(p) in mine: assert (p.grad - rp.grad).abs().max() < 1e-5, n
-    if rank == world - 1: assert abs(torch.stack(losses).mean().item() - ref_loss.item()) < 1e-5
+        # micro-batched gradients summed in another order: observed 1.9e-8
+        if id(p) in mine: assert_close(p.grad, rp.grad, atol=1e-5, what=f'pipeline gradient {n}')
+    # mean of micro-batch losses vs the whole batch's: observed 4.8e-7 on ~3.5
+    if rank == world - 1: assert_close(torch.stack(losses).mean(), ref_loss, atol=1e-5, what='pipeline loss')
     dist.destroy_process_group()
     from pathlib import Path
     (Path(sys.argv[0]).parent / f'ok-{sys.argv[1]}-{rank}').touch()

@@ -1,6 +1,7 @@
 "SmolLM2-135M-Instruct through llmlab against transformers' LlamaForCausalLM on the same weights (float32)."
 import json, os, subprocess, sys
 import pytest, torch
+from llmlab.core import assert_close
 from llmlab.checkpoints import (cached_gguf, gguf_cache_dir, load_hf_dir, load_pretrained, read_gguf, resolve_source,
                                 save_hf_dir)
 
@@ -23,12 +24,16 @@ def test_logits_match_transformers_on_padded_batch(smol, hf_smol, tokenizer):
     ours = smol(ids, attention_mask=mask)
     ref = hf_smol(ids, attention_mask=mask, position_ids=pos).logits
     real = mask.bool()
-    err = (ours[real] - ref[real]).abs().max().item()
-    assert err < 1e-4, f'max |logits diff| {err:.2e} over {int(real.sum())} real tokens'
+    # float32 through 30 layers whose residual stream reaches ~1.4e4 (adjacent float32 values 1e-3 apart there): the two
+    # implementations order their sums differently. Observed 4.6e-5 here; logits span about -20..30, so part of the bound
+    # is relative. A masking or position bug moves logits by 0.1 or more.
+    assert_close(ours[real], ref[real], atol=3e-4, rtol=3e-5, what='llmlab vs transformers logits, padded batch')
     # and each padded row equals the same prompt alone, unpadded
     for b, text in enumerate(PROMPTS):
         alone = smol(tokenizer(text, return_tensors='pt').input_ids)[0]
-        assert (ours[b][real[b]] - alone).abs().max() < 1e-4
+        # the same model on a 5-row padded batch and on one row: matrix products of other shapes block their float32 sums
+        # differently. Observed 5.2e-5 here and 1.0e-4 on another machine (issue 12): bound 3e-4 + 3e-5*|logit|
+        assert_close(ours[b][real[b]], alone, atol=3e-4, rtol=3e-5, what=f'padded row {b} vs the prompt alone')
 
 
 @torch.no_grad()
@@ -64,7 +69,8 @@ def test_saved_model_loads_in_transformers_with_same_logits(smol, tokenizer, tmp
     tok = AutoTokenizer.from_pretrained(tmp_path / 'smol')
     ids = tok(PROMPTS[0], return_tensors='pt').input_ids
     assert torch.equal(ids, tokenizer(PROMPTS[0], return_tensors='pt').input_ids)
-    assert (hf(ids).logits - smol(ids)).abs().max() < 1e-4
+    # transformers' eager attention vs llmlab's SDPA on one unpadded row: observed 0 here; the same float32 bound as above
+    assert_close(hf(ids).logits, smol(ids), atol=3e-4, rtol=3e-5, what='saved llmlab model in transformers vs llmlab')
     assert tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False) == \
         tokenizer.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False)
 

@@ -2,6 +2,7 @@
 import json, os, random, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
+from llmlab.core import assert_close
 
 TORCHRUN = str(Path(sys.executable).with_name('torchrun'))
 
@@ -87,8 +88,10 @@ def test_ddp_with_accumulation_and_clipping_equals_one_process(data, tmp_path):
     run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(29500 + os.getpid() % 1000), str(script), str(d),
          str(tmp_path / 'ddp'), '8', '2', '12', 'none'])   # 2 processes x 2 sequences x 2 accumulation steps = 8
     one, ddp = torch.load(tmp_path / 'one' / 'final.pt'), torch.load(tmp_path / 'ddp' / 'final.pt')
-    for k in one: assert (one[k] - ddp[k]).abs().max() < 1e-6, k
-    assert max(abs(a - b) for a, b in zip(losses(tmp_path / 'one'), losses(tmp_path / 'ddp'))) < 1e-6
+    # DDP averages float32 gradients across processes, one process sums the batch at once: the last bits differ, and Adam's
+    # normalisation carries them into the weights (observed 5.9e-7 on weights ~0.1-1 after 12 steps; losses 4.8e-7 on ~3.4)
+    for k in one: assert_close(ddp[k], one[k], atol=5e-6, what=f'DDP vs one process, weight {k}')
+    assert_close(losses(tmp_path / 'ddp'), losses(tmp_path / 'one'), atol=1e-6, rtol=1e-6, what='DDP vs one process, losses')
 
 
 @pytest.mark.parametrize('where', ['at a random step', 'while writing a checkpoint'])
@@ -132,7 +135,9 @@ def launch(script, d, run_dir, nproc, *args, env=None):
 def weights_close(a_dir, b_dir, tol):
     a, b = torch.load(Path(a_dir) / 'final.pt'), torch.load(Path(b_dir) / 'final.pt')
     assert sorted(a) == sorted(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a) < tol
+    # each caller states the bound and the error it observed
+    for k in a: assert_close(b[k], a[k], atol=tol, what=f'final weight {k}, {Path(b_dir).name} vs {Path(a_dir).name}')
+    return True
 
 
 def test_fsdp2_resume_bitwise_on_the_same_world_size_and_across_world_sizes(data, tmp_path):
@@ -153,8 +158,10 @@ def test_fsdp2_resume_bitwise_on_the_same_world_size_and_across_world_sizes(data
     launch(script, d, tmp_path / 'one_to_two', 2, 8, 4, 12, 'auto', env=env)      # resharded 1 -> 2
     for name in ('two_to_one', 'one_to_two'):
         got = losses(tmp_path / name)
-        assert len(got) == 12 and max(abs(x - y) for x, y in zip(got, losses(tmp_path / 'full'))) < 1e-5, name
-        assert weights_close(tmp_path / 'full', tmp_path / name, 1e-5), name
+        assert len(got) == 12, name
+        # resharded resumes reduce in another order: observed 4.8e-7 on losses ~3.4 (same world size: bitwise, checked above)
+        assert_close(got, losses(tmp_path / 'full'), atol=1e-5, what=f'FSDP2 resumed ({name}) vs uninterrupted losses')
+        assert weights_close(tmp_path / 'full', tmp_path / name, 1e-5), name    # observed 5.8e-7 (1 -> 2), 7.5e-9 (2 -> 1)
 
 
 def test_tensor_parallel_and_2d_training_match_one_process(data, tmp_path):
@@ -164,8 +171,9 @@ def test_tensor_parallel_and_2d_training_match_one_process(data, tmp_path):
     launch(script, d, tmp_path / 'tp', 2, 8, 4, 12, 'none', env={'PARALLELISM': 'fsdp', 'TP': '2'})
     launch(script, d, tmp_path / '2d', 4, 8, 4, 12, 'none', env={'PARALLELISM': 'fsdp', 'TP': '2'})
     for name in ('tp', '2d'):
-        assert max(abs(x - y) for x, y in zip(losses(tmp_path / name), losses(tmp_path / 'one'))) < 1e-5, name
-        assert weights_close(tmp_path / 'one', tmp_path / name, 1e-5), name
+        # tensor-parallel matmuls sum partial products across ranks: observed 4.8e-7 on losses, 3.4e-6 on weights
+        assert_close(losses(tmp_path / name), losses(tmp_path / 'one'), atol=1e-5, what=f'{name} vs one process, losses')
+        assert weights_close(tmp_path / 'one', tmp_path / name, 3e-5), name    # observed 3.4e-6 after 12 AdamW steps
 
 
 NOTEBOOK_LAUNCH = textwrap.dedent('''
@@ -198,7 +206,8 @@ def test_notebook_launcher_trains_on_two_processes(data, tmp_path):
     nb.write_text(NOTEBOOK_LAUNCH)
     run([sys.executable, str(nb), str(d), str(tmp_path / 'nb')])
     assert (tmp_path / 'nb' / 'ok-0').exists() and (tmp_path / 'nb' / 'ok-1').exists()
-    assert max(abs(x - y) for x, y in zip(losses(tmp_path / 'nb'), losses(tmp_path / 'one'))) < 1e-6
+    # DDP through notebook_launcher: float32 averaging across processes, observed 4.8e-7 on losses ~3.4
+    assert_close(losses(tmp_path / 'nb'), losses(tmp_path / 'one'), atol=1e-6, rtol=1e-6, what='notebook_launcher vs one process, losses')
 
 
 @pytest.mark.slow
@@ -209,8 +218,9 @@ def test_deepspeed_zero_trains_like_ddp(data, tmp_path, stage):
     d, script = data
     launch(script, d, tmp_path / 'ddp', 2, 8, 2, 12, 'none')
     launch(script, d, tmp_path / 'zero', 2, 8, 2, 12, 'none', env={'PARALLELISM': 'deepspeed', 'ZERO': str(stage)})
-    assert max(abs(x - y) for x, y in zip(losses(tmp_path / 'zero'), losses(tmp_path / 'ddp'))) < 1e-5
-    assert weights_close(tmp_path / 'ddp', tmp_path / 'zero', 1e-5)
+    # DeepSpeed reduces (and with ZeRO-3 gathers) in its own order: observed 2.4e-7 on losses, 1.2e-6 on weights
+    assert_close(losses(tmp_path / 'zero'), losses(tmp_path / 'ddp'), atol=1e-5, what='DeepSpeed ZeRO vs DDP, losses')
+    assert weights_close(tmp_path / 'ddp', tmp_path / 'zero', 1e-5)              # observed 1.2e-6 (ZeRO-3)
 
 
 @pytest.mark.slow
