@@ -34,10 +34,10 @@ from .model import MLP, Attention, RMSNorm
 
 # %% auto #0
 __all__ = ['LOG2E', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel', 'attn_dq_kernel',
-           'KERNELS', 'CUDA_LIBRARY', 'attention_forward', 'attention_backward', 'FlashAttention', 'flash_attention',
-           'doc_ids_from_cu_seqlens', 'triton_attention', 'register_with_transformers', 'row_warps', 'rms_norm',
-           'rotary', 'swiglu', 'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP',
-           'apply_kernels', 'fused_causal_lm_loss', 'cuda_attention', 'flash_attn_attention']
+           'KERNELS', 'CUDA_LIBRARY', 'length_bucket', 'attention_forward', 'attention_backward', 'FlashAttention',
+           'flash_attention', 'doc_ids_from_cu_seqlens', 'triton_attention', 'register_with_transformers', 'row_warps',
+           'rms_norm', 'rotary', 'swiglu', 'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention',
+           'SwiGLUMLP', 'apply_kernels', 'fused_causal_lm_loss', 'cuda_attention', 'flash_attn_attention']
 
 # %% ../nbs/05_kernels.ipynb #a712c6f1
 LOG2E = 1.4426950408889634
@@ -82,7 +82,7 @@ def _key_range(pid_m, Tq, Tk, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
 def _attn_fwd(Q, K, V, O, LSE, MASK, QSEG, KSEG,
               sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
               smb, smq, smk, sqsb, sksb,
-              H, GROUP, Tq, Tk, qk_scale, window,
+              H, GROUP, Tq, Tk, qk_scale, window, tq_bucket, tk_bucket,
               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
               PRECISION: tl.constexpr):
@@ -138,7 +138,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot,
                    sdkb, sdkh, sdkt, sdvb, sdvh, sdvt, sdqb, sdqh, sdqt,
                    smb, smq, smk, sqsb, sksb,
-                   H, GROUP, Tq, Tk, qk_scale, sm_scale, window,
+                   H, GROUP, Tq, Tk, qk_scale, sm_scale, window, tq_bucket, tk_bucket,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
                    ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr):
@@ -184,7 +184,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK, QSEG, KSEG,
                  sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot, sdqb, sdqh, sdqt,
                  smb, smq, smk, sqsb, sksb,
-                 H, GROUP, Tq, Tk, qk_scale, sm_scale, window,
+                 H, GROUP, Tq, Tk, qk_scale, sm_scale, window, tq_bucket, tk_bucket,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
                  PRECISION: tl.constexpr):
@@ -224,7 +224,11 @@ DKDV_CONFIGS = [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64}, num_warps=8, num_s
                 triton.Config({'BLOCK_M': 64, 'BLOCK_N': 32}, num_warps=4, num_stages=3)]
 DQ_CONFIGS = [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64}, num_warps=4, num_stages=2),
               triton.Config({'BLOCK_M': 64, 'BLOCK_N': 32}, num_warps=4, num_stages=3)]
-_KEY = ['Tq', 'Tk', 'D', 'CAUSAL', 'HAS_MASK', 'HAS_SEG']
+# The autotuner benchmarks once per key. Keyed on the exact lengths, generation (Tk + 1 every token) and batches of varying
+# length would re-tune at every call; keyed on their power-of-two buckets (the kernels read tq_bucket/tk_bucket for nothing
+# else), a 4k-token generation tunes about a dozen times.
+_KEY = ['tq_bucket', 'tk_bucket', 'D', 'CAUSAL', 'HAS_MASK', 'HAS_SEG']
+def length_bucket(n:int) -> int: return max(16, triton.next_power_of_2(n))
 attn_fwd_kernel = triton.autotune(FWD_CONFIGS, key=_KEY)(_attn_fwd)
 attn_dkdv_kernel = triton.autotune(DKDV_CONFIGS, key=_KEY + ['ATOMIC_DQ'], reset_to_zero=['DQ'])(_attn_bwd_dkdv)
 attn_dq_kernel = triton.autotune(DQ_CONFIGS, key=_KEY)(_attn_bwd_dq)
@@ -269,6 +273,7 @@ def attention_forward(q, k, v, *, causal=True, scale=None, window=None, mask=Non
                 sqb=q.stride(0), sqh=q.stride(1), sqt=q.stride(2), skb=k.stride(0), skh=k.stride(1), skt=k.stride(2),
                 svb=v.stride(0), svh=v.stride(1), svt=v.stride(2), sob=o.stride(0), soh=o.stride(1), sot=o.stride(2),
                 H=H, GROUP=H // KVH, Tq=Tq, Tk=Tk, qk_scale=scale * LOG2E, window=window or 0,
+                tq_bucket=length_bucket(Tq), tk_bucket=length_bucket(Tk),
                 D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal, WINDOW=window is not None,
                 HAS_MASK=mask is not None, HAS_SEG=doc_ids is not None, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
     _run(attn_fwd_kernel, lambda meta: (triton.cdiv(Tq, meta['BLOCK_M']), B * H), args, config)
@@ -292,6 +297,7 @@ def attention_backward(do, q, k, v, o, lse, *, causal=True, scale=None, window=N
     if not deterministic: dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)   # atomics add into it
     elif dq is None: dq = torch.empty_like(q)
     flags = dict(H=H, GROUP=H // KVH, Tq=Tq, Tk=Tk, qk_scale=scale * LOG2E, sm_scale=scale, window=window or 0, **common,
+                 tq_bucket=length_bucket(Tq), tk_bucket=length_bucket(Tk),
                  CAUSAL=causal, WINDOW=window is not None, HAS_MASK=mask is not None, HAS_SEG=doc_ids is not None,
                  PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
     strides = dict(sqb=q.stride(0), sqh=q.stride(1), sqt=q.stride(2), skb=k.stride(0), skh=k.stride(1), skt=k.stride(2),
@@ -646,9 +652,12 @@ def _load_cuda_library():
 @attention_backends.register('cuda', overwrite=True)
 def cuda_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
     "The CUDA C++ forward kernel of `kernels/flash_attn_fwd.cu` (inference: no backward, no mask)."
-    lib = _load_cuda_library()
     if mask is not None: raise ValueError("the 'cuda' backend takes no mask; use 'triton' for padded batches")
     if q.dtype not in (torch.float16, torch.bfloat16): raise TypeError(f"the 'cuda' backend runs fp16 or bf16, got {q.dtype}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):   # else training would silently get no gradient
+        raise RuntimeError("the 'cuda' backend has no backward, and q, k or v requires grad: train with the 'triton' or 'sdpa' "
+                           "backend, or run inference under torch.no_grad()")
+    lib = _load_cuda_library()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, Tq, D = q.shape
     o = torch.empty_like(q)
