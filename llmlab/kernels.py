@@ -62,7 +62,7 @@ def _allowed(offs_m, offs_n, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, s
         ks = tl.load(KSEG + b * sksb + offs_n, mask=offs_n < Tk, other=-2)
         ok = ok & (qs[:, None] == ks[None, :])
     if HAS_MASK:
-        mk = tl.load(MASK + b * smb + offs_m[:, None] * smq + offs_n[None, :] * smk,
+        mk = tl.load(MASK + b * smb + offs_m[:, None].to(tl.int64) * smq + offs_n[None, :] * smk,
                      mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0)
         ok = ok & (mk != 0)
     return ok
@@ -87,7 +87,7 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, QSEG, KSEG,
               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
               PRECISION: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    b, h = (bh // H).to(tl.int64), bh % H                    # int64: b * sqb passes 2^31 on large batches
     kvh = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -124,7 +124,7 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, QSEG, KSEG,
 def _attn_bwd_delta(O, DO, DELTA, sob, soh, sot, sdob, sdoh, sdot, H, Tq,
                     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    b, h = (bh // H).to(tl.int64), bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
@@ -146,7 +146,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
     # need no atomics; dQ is either accumulated here with atomics (fast, order-dependent) or by _attn_bwd_dq (deterministic)
     pid_n, bkv = tl.program_id(0), tl.program_id(1)
     KVH = H // GROUP
-    b, kvh = bkv // KVH, bkv % KVH
+    b, kvh = (bkv // KVH).to(tl.int64), bkv % KVH
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
@@ -189,7 +189,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK, QSEG, KSEG,
                  CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
                  PRECISION: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    b, h = (bh // H).to(tl.int64), bh % H
     kvh = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -244,6 +244,10 @@ def _run(kernel, grid, args:dict, config=None):
 def _prepare(q, k, v, mask, doc_ids):
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
+    if B * H > 65535:   # batch x heads is the grid's second axis, which CUDA limits to 65,535 (folding it in spills registers)
+        raise ValueError(f"the triton backend runs at most 65,535 (batch x heads) at once, got {B} x {H} = {B * H}: split the batch")
+    if B * H * Tq >= 2**31:   # the log-sum-exp rows are indexed in int32 (int64 there costs the widest config its registers)
+        raise ValueError(f"the triton backend indexes batch x heads x queries in int32, got {B} x {H} x {Tq}: split the batch")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if mask is not None:
         if mask.dtype != torch.bool: raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
@@ -372,7 +376,7 @@ except ImportError: pass   # transformers too old for attention interfaces: llml
 # %% ../nbs/05_kernels.ipynb #df9696be
 @triton.jit
 def _rmsnorm_fwd(X, W, Y, RSTD, sx, sy, M, N, eps, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)   # rows x stride passes 2^31 on long batches
     cols = tl.arange(0, BLOCK)
     ok = (rows[:, None] < M) & (cols[None, :] < N)
     x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -386,7 +390,7 @@ def _rmsnorm_fwd(X, W, Y, RSTD, sx, sy, M, N, eps, ROWS: tl.constexpr, BLOCK: tl
 @triton.jit
 def _rmsnorm_bwd(X, W, DY, DX, DW, RSTD, sx, sdy, sdx, M, N, rows_per_program, BLOCK: tl.constexpr):
     # each program handles a run of rows and writes its partial dW: summed afterwards in a fixed order (deterministic)
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)                      # so that row * sx is int64 too
     cols = tl.arange(0, BLOCK)
     ok = cols < N
     w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
@@ -448,8 +452,8 @@ def rms_norm(x, weight, eps:float=1e-5):
 def _rope(X, COS, SIN, Y, sxb, sxh, sxt, syb, syh, syt, scb, sct, H, T, HALF: tl.constexpr, BLOCK: tl.constexpr,
           BLOCK_T: tl.constexpr, SIGN: tl.constexpr):
     # y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin (the halves convention of Hugging Face Llama); SIGN=-1 rotates back (backward)
-    pid_t, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
+    bh, pid_t = tl.program_id(0), tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), bh % H
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK)
     ok = (t[:, None] < T) & (cols[None, :] < HALF)
@@ -469,7 +473,7 @@ def _rope_launch(x, cos, sin, sign):
     cos, sin = cos.expand(B, T, D), sin.expand(B, T, D)
     y = torch.empty_like(x)
     block_t = 16
-    _rope[(triton.cdiv(T, block_t), B * H)](x, cos, sin, y, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
+    _rope[(B * H, triton.cdiv(T, block_t))](x, cos, sin, y, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
                                            cos.stride(0), cos.stride(1), H, T, HALF=D // 2, BLOCK=triton.next_power_of_2(D // 2),
                                            BLOCK_T=block_t, SIGN=sign)
     return y
@@ -493,7 +497,7 @@ def rotary(x, cos, sin):
 # %% ../nbs/05_kernels.ipynb #ffa1a219
 @triton.jit
 def _swiglu_fwd(G, U, Y, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)   # n can pass 2^31 elements
     ok = offs < n
     g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(U + offs, mask=ok, other=0.0)
@@ -502,7 +506,7 @@ def _swiglu_fwd(G, U, Y, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _swiglu_bwd(G, U, DY, DG, DU, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)

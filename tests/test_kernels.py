@@ -179,7 +179,7 @@ def test_fused_rmsnorm_rope_swiglu_match_float64(dtype):
         x1, x2 = x.double().chunk(2, -1)
         return x.double() * cos[:, None].double() + torch.cat([-x2, x1], -1) * sin[:, None].double()
     out = Guarded(q.shape, torch.float32)
-    K._rope[(2, 6)](q.detach().float(), cos.float(), sin.float(), out.t, *q.stride()[:3], *out.t.stride()[:3], cos.stride(0), cos.stride(1), 3, 11,
+    K._rope[(6, 2)](q.detach().float(), cos.float(), sin.float(), out.t, *q.stride()[:3], *out.t.stride()[:3], cos.stride(0), cos.stride(1), 3, 11,
                     HALF=32, BLOCK=32, BLOCK_T=8, SIGN=1)                      # 11 positions in blocks of 8: a ragged last block
     # a rotation in float32: observed <= 2.2e-7
     assert_close(out.check('rope'), ref_rope(q), atol=tol, what=f'rope, {dtype} inputs')
