@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import nbformat
 import yaml
 from nbconvert import HTMLExporter
+from nbconvert.preprocessors import TagRemovePreprocessor
 from nbdev.config import get_config
 from nbdev.serve import proc_nbs
 
@@ -25,13 +26,22 @@ def page_name(nb_rel:str) -> str:
 
 
 def clean(nb):
-    "Drop the cell keys nbdev adds while processing, which the notebook schema does not allow."
+    """Drop the cell keys nbdev adds while processing, which the notebook schema does not allow; do what Quarto would with
+    the directives it reads (`#| echo: false` hides a cell's code, other `#|` lines are not shown) and drop the Pandoc
+    link attributes of `show_doc`'s source links, which only Quarto understands."""
     allowed = {'code': {'id', 'cell_type', 'metadata', 'source', 'outputs', 'execution_count'},
                'markdown': {'id', 'cell_type', 'metadata', 'source', 'attachments'}, 'raw': {'id', 'cell_type', 'metadata', 'source', 'attachments'}}
     for cell in nb.cells:
         for k in list(cell):
             if k not in allowed[cell.cell_type]: del cell[k]
         cell.metadata.pop('execution', None)  # nbdev's timings are numbers where the schema wants strings
+        if cell.cell_type != 'code': continue
+        if re.search(r'^#\|\s*echo:\s*false', cell.source, re.M): cell.metadata.setdefault('tags', []).append('remove_input')
+        cell.source = '\n'.join(l for l in cell.source.splitlines() if not l.startswith('#|')).strip('\n')
+        for out in cell.get('outputs', []):
+            for mime, text in out.get('data', {}).items():
+                if mime in ('text/markdown', 'text/html') and isinstance(text, str):
+                    out['data'][mime] = re.sub(r'\{target="_blank"[^}]*\}', '', text)
     return nb
 
 
@@ -101,7 +111,8 @@ def main(argv=None):
     site_url = (cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/')).rstrip('/')
     proc = Path(proc_nbs(path=str(NBS), n_workers=0))
     shutil.rmtree(out, ignore_errors=True)
-    exporter = HTMLExporter(template_name='lab')
+    exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True), enabled=True)
     pages = sorted(p for p in proc.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
     rendered, titles, names = {}, {}, {}
     for nb_path in pages:
