@@ -237,7 +237,7 @@ class Trainer:
 
     def close(self):
         """End the run's distributed work: wait for every rank, release the model and optimizer (and DeepSpeed's engine),
-        destroy the process group. Call it after the last collective (`full_state_dict` is one); it also runs at exit."""
+        destroy the process group. Call it after the last collective (`full_state_dict` is one); DeepSpeed runs call it at exit."""
         if not torch.distributed.is_initialized(): return
         # A collective still in flight when Python shuts down (DeepSpeed ZeRO-3 gathers ahead) calls back into a finalizing
         # interpreter from gloo's thread and aborts the process (about 1 run in 10 on CPU) after the run itself has finished.
