@@ -8,7 +8,7 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.llmlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test lab docs bench kernels install export clean-nbs help
+.PHONY: quickstart test lab docs bench kernels triton36 check-hopper gpu-dry-run install export clean-nbs help
 
 help:
 	@echo "make quickstart  install into $(VENV), then run 'llmlab quickstart'"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench       CPU benchmarks (ratios against transformers)"
 	@echo "make docs        documentation site (Quarto when installed, else HTML via nbconvert)"
 	@echo "make kernels     build the CUDA C++ attention kernel (nvcc) for the cuda backend"
+	@echo "make check-hopper  compile every Triton kernel for the H100 under triton 3.9 and 3.6 (tools/check_hopper.py)"
+	@echo "make gpu-dry-run   benchmarks/gpu/run.py --dry-run: the GPU script's every phase on the CPU"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +67,25 @@ bench: install
 kernels: kernels/libllmlab_attn.so
 kernels/libllmlab_attn.so: kernels/flash_attn_fwd.cu
 	nvcc -O3 -shared -Xcompiler -fPIC -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o $@ $<
+
+# Triton 3.6, what the GPU machines run, beside .venv's newer one: a venv holding only triton 3.6 whose .pth then adds
+# .venv's site-packages (torch, llmlab, ...) after its own, so `import triton` finds 3.6 and everything else is .venv's
+TRITON36 := .venv-triton36
+triton36: $(TRITON36)/.installed
+$(TRITON36)/.installed: | install
+	$(PYTHON) -m venv $(TRITON36)
+	$(TRITON36)/bin/python -m pip install -q "triton==3.6.0"
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(TRITON36)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/llmlab-venv.pth"
+	$(TRITON36)/bin/python -c "import triton, torch, llmlab; assert triton.__version__.startswith('3.6'), triton.__version__"
+	touch $@
+
+check-hopper: install triton36
+	TRITON_DEFAULT_FP_FUSION=1 $(BIN)/python tools/check_hopper.py
+	$(TRITON36)/bin/python tools/check_hopper.py
+
+gpu-dry-run: install
+	OUT=$${OUT:-/tmp/llmlab-gpu-dry-run} $(BIN)/python benchmarks/gpu/run.py --dry-run
 
 export: install
 	$(BIN)/nbdev-export

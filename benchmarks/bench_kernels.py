@@ -9,7 +9,7 @@ the two are compared too, so the saving is not bought with a wrong answer.
 
     python benchmarks/bench_kernels.py [--tokens 8192] [--vocab 49152] [--hidden 576]
 """
-import argparse, json, os, platform, resource, subprocess, sys, time
+import argparse, json, os, platform, subprocess, sys
 from pathlib import Path
 
 CHILD = r'''

@@ -6,7 +6,7 @@ ratios (llmlab / transformers for throughput, transformers / llmlab for load tim
 
     python benchmarks/bench_model.py [--repeats 5] [--threads N]
 """
-import argparse, json, os, platform, statistics, sys, time
+import argparse, json, platform, statistics, time
 from pathlib import Path
 
 import torch

@@ -33,11 +33,13 @@ from .attention import attention_backends
 from .model import MLP, Attention, RMSNorm
 
 # %% auto #0
-__all__ = ['LOG2E', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel', 'attn_dq_kernel',
-           'KERNELS', 'CUDA_LIBRARY', 'length_bucket', 'attention_forward', 'attention_backward', 'FlashAttention',
-           'flash_attention', 'doc_ids_from_cu_seqlens', 'triton_attention', 'register_with_transformers', 'row_warps',
-           'rms_norm', 'rotary', 'swiglu', 'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention',
-           'SwiGLUMLP', 'apply_kernels', 'fused_causal_lm_loss', 'cuda_attention', 'flash_attn_attention']
+__all__ = ['LOG2E', 'cfg', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'FP32_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel',
+           'attn_dq_kernel', 'DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS', 'KERNELS', 'CUDA_LIBRARY',
+           'usable_configs', 'length_bucket', 'attention_forward', 'attention_backward', 'FlashAttention',
+           'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits', 'attention_decode', 'triton_attention',
+           'register_with_transformers', 'row_warps', 'rms_norm', 'rotary', 'swiglu', 'fused_linear_cross_entropy',
+           'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP', 'apply_kernels', 'fused_causal_lm_loss',
+           'cuda_attention', 'flash_attn_attention']
 
 # %% ../nbs/05_kernels.ipynb #a712c6f1
 LOG2E = 1.4426950408889634
@@ -50,20 +52,21 @@ def _bf16_in_interpreter(*ts) -> bool:
 
 # %% ../nbs/05_kernels.ipynb #65710871
 # The mask of one (BLOCK_M queries) x (BLOCK_N keys) tile: everything the kernels must not attend to, in one place.
+# The mask of one tile of queries `m` and keys `n` (index tensors that broadcast to the tile: [M, 1] x [1, N] in the forward,
+# [1, M] x [N, 1] in the transposed backward): everything the kernels must not attend to, in one place.
 @triton.jit
-def _allowed(offs_m, offs_n, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window,
+def _allowed(m, n, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window,
              CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr):
-    ok = (offs_m[:, None] < Tq) & (offs_n[None, :] < Tk)
-    i = offs_m[:, None] + (Tk - Tq)                       # queries aligned to the last keys (KV cache): bottom-right causal
-    if CAUSAL: ok = ok & (offs_n[None, :] <= i)
-    if WINDOW: ok = ok & (offs_n[None, :] > i - window)
+    ok = (m < Tq) & (n < Tk)
+    i = m + (Tk - Tq)                                     # queries aligned to the last keys (KV cache): bottom-right causal
+    if CAUSAL: ok = ok & (n <= i)
+    if WINDOW: ok = ok & (n > i - window)
     if HAS_SEG:                                           # packed documents: attend only within the same document
-        qs = tl.load(QSEG + b * sqsb + offs_m, mask=offs_m < Tq, other=-1)
-        ks = tl.load(KSEG + b * sksb + offs_n, mask=offs_n < Tk, other=-2)
-        ok = ok & (qs[:, None] == ks[None, :])
+        qs = tl.load(QSEG + b * sqsb + m, mask=m < Tq, other=-1)
+        ks = tl.load(KSEG + b * sksb + n, mask=n < Tk, other=-2)
+        ok = ok & (qs == ks)
     if HAS_MASK:
-        mk = tl.load(MASK + b * smb + offs_m[:, None].to(tl.int64) * smq + offs_n[None, :] * smk,
-                     mask=(offs_m[:, None] < Tq) & (offs_n[None, :] < Tk), other=0)
+        mk = tl.load(MASK + b * smb + m.to(tl.int64) * smq + n * smk, mask=(m < Tq) & (n < Tk), other=0)
         ok = ok & (mk != 0)
     return ok
 
@@ -76,6 +79,55 @@ def _key_range(pid_m, Tq, Tk, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
     lo = 0
     if WINDOW: lo = tl.maximum(0, (pid_m * BLOCK_M + (Tk - Tq) - window + 1) // BLOCK_N * BLOCK_N)
     return lo, hi
+
+
+@triton.jit
+def _unmasked_keys(pid_m, lo, hi, Tq, Tk, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                   WINDOW: tl.constexpr, MASKED_ALWAYS: tl.constexpr):
+    "The key blocks inside [lo, hi) that every query of the block may see: [full_lo, full_hi), whole blocks, no mask needed."
+    full_lo, full_hi = lo, hi // BLOCK_N * BLOCK_N        # the last, partial block of keys is masked
+    if CAUSAL:   # the first query of the block sees keys up to pid_m * BLOCK_M + (Tk - Tq): the diagonal blocks come after
+        full_hi = tl.minimum(full_hi, tl.maximum(0, pid_m * BLOCK_M + (Tk - Tq) + 1) // BLOCK_N * BLOCK_N)
+    if WINDOW:   # the last query of the block sees keys from (its position - window + 1): the window's edge comes before
+        full_lo = tl.maximum(lo, tl.cdiv(tl.maximum(0, (pid_m + 1) * BLOCK_M + (Tk - Tq) - window), BLOCK_N) * BLOCK_N)
+    if MASKED_ALWAYS: full_lo, full_hi = hi, hi           # an explicit mask or documents: every block needs its mask
+    full_lo = tl.minimum(full_lo, hi)
+    full_hi = tl.maximum(full_hi, full_lo)
+    return full_lo, full_hi
+
+
+@triton.jit
+def _load_tile(ptrs, in_rows, in_cols, ROWS_MAY_END: tl.constexpr, EVEN_COLS: tl.constexpr):
+    "A tile with only the masks it needs: none inside the sequence at a power-of-two head dim (the fast, vectorized load)."
+    if ROWS_MAY_END:
+        if EVEN_COLS: return tl.load(ptrs, mask=in_rows, other=0.0)
+        else: return tl.load(ptrs, mask=in_rows & in_cols, other=0.0)
+    elif EVEN_COLS: return tl.load(ptrs)
+    else: return tl.load(ptrs, mask=in_cols, other=0.0)
+
+
+@triton.jit
+def _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b, MASK, smb, smq, smk,
+                QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr, MASKED: tl.constexpr,
+                PRECISION: tl.constexpr):
+    "The online softmax over the key blocks [start, stop): MASKED ones pay for `_allowed`, the others need no mask at all."
+    for start_n in range(start, stop, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kt = _load_tile(kbase + offs_n[None, :] * skt + offs_d[:, None], offs_n[None, :] < Tk, d_ok[:, None], MASKED, BLOCK_D == D)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale             # log2 units: exp2 below
+        if MASKED:
+            ok = _allowed(offs_m[:, None], offs_n[None, :], Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window, CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
+            s = tl.where(ok, s, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)              # a row with nothing allowed yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_tile(vbase + offs_n[:, None] * svt + offs_d[None, :], offs_n[:, None] < Tk, d_ok[None, :], MASKED, BLOCK_D == D)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -97,21 +149,15 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, QSEG, KSEG,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(pid_m, Tq, Tk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
+    full_lo, full_hi = _unmasked_keys(pid_m, lo, hi, Tq, Tk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, HAS_MASK or HAS_SEG)
     kbase, vbase = K + b * skb + kvh * skh, V + b * svb + kvh * svh
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kt = tl.load(kbase + offs_n[None, :] * skt + offs_d[:, None], mask=(offs_n[None, :] < Tk) & d_ok[:, None], other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale             # log2 units: exp2 below
-        ok = _allowed(offs_m, offs_n, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window, CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
-        s = tl.where(ok, s, float('-inf'))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)              # a row with nothing allowed yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vbase + offs_n[:, None] * svt + offs_d[None, :], mask=(offs_n[:, None] < Tk) & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    # three runs of key blocks: the window's edge (masked), the interior (no mask), the diagonal and the end (masked);
+    # with an explicit mask or documents every block is masked (one loop: three would only cost registers)
+    for stage in tl.static_range(1 if HAS_MASK or HAS_SEG else 3):
+        start, stop = (lo, hi if HAS_MASK or HAS_SEG else full_lo) if stage == 0 else ((full_lo, full_hi) if stage == 1 else (full_hi, hi))
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b,
+                                    MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D, BLOCK_D,
+                                    BLOCK_N, CAUSAL, WINDOW, HAS_MASK, HAS_SEG, stage != 1, PRECISION)
     empty = l_i == 0.0                                                       # no allowed key at all: output 0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float('inf'), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
@@ -134,6 +180,53 @@ def _attn_bwd_delta(O, DO, DELTA, sob, soh, sot, sdob, sdoh, sdot, H, Tq,
 
 
 @triton.jit
+def _unmasked_queries(pid_n, lo, Tq, Tk, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                      WINDOW: tl.constexpr, MASKED_ALWAYS: tl.constexpr):
+    "For a block of keys, the query blocks in [lo, Tq) that see every one of its keys: [full_lo, full_hi)."
+    full_lo, full_hi = lo, Tq // BLOCK_M * BLOCK_M                       # the last, partial block of queries is masked
+    if CAUSAL:   # queries see the block's last key from position (pid_n + 1) * BLOCK_N - 1 - (Tk - Tq) on
+        full_lo = tl.maximum(lo, tl.cdiv(tl.maximum(0, (pid_n + 1) * BLOCK_N - 1 - (Tk - Tq)), BLOCK_M) * BLOCK_M)
+    if WINDOW:   # ... and its first key until position pid_n * BLOCK_N + window - 1 - (Tk - Tq)
+        full_hi = tl.minimum(full_hi, tl.maximum(0, pid_n * BLOCK_N + window - (Tk - Tq)) // BLOCK_M * BLOCK_M)
+    if MASKED_ALWAYS or (pid_n + 1) * BLOCK_N > Tk: full_lo = Tq          # an explicit mask, documents, or the last keys
+    full_lo = tl.minimum(full_lo, Tq)
+    full_hi = tl.maximum(full_hi, full_lo)
+    return full_lo, full_hi
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, kT, q_base, do_base, lse_base, delta_base, dq_base, start, stop, offs_n, offs_d, d_ok,
+                 sqt, sdot, sdqt, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, qk_scale, sm_scale, window,
+                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                 HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr, MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    # transposed form: keys on the rows, so P^T and dS^T come out of the dots as the next dots need them (no transposes
+    # through shared memory); queries and dO are read transposed where a dot wants them so (free: a view of shared memory)
+    for start_m in range(start, stop, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        qT = _load_tile(q_base + offs_m[None, :] * sqt + offs_d[:, None], offs_m[None, :] < Tq, d_ok[:, None], MASKED, BLOCK_D == D)
+        do = _load_tile(do_base + offs_m[:, None] * sdot + offs_d[None, :], offs_m[:, None] < Tq, d_ok[None, :], MASKED, BLOCK_D == D)
+        if MASKED:
+            lse = tl.load(lse_base + offs_m, mask=offs_m < Tq, other=float('inf'))
+            delta = tl.load(delta_base + offs_m, mask=offs_m < Tq, other=0.0)
+        else:
+            lse, delta = tl.load(lse_base + offs_m), tl.load(delta_base + offs_m)
+        pT = tl.exp2(tl.dot(k, qT, input_precision=PRECISION) * qk_scale - lse[None, :])          # [keys, queries]
+        if MASKED:
+            ok = _allowed(offs_m[None, :], offs_n[:, None], Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window,
+                          CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
+            pT = tl.where(ok, pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PRECISION)
+        if ATOMIC_DQ:   # dQ^T = K^T dS^T: K^T was transposed once, before the loop
+            dqT = tl.dot(kT, dsT.to(kT.dtype), input_precision=PRECISION) * sm_scale
+            tl.atomic_add(dq_base + offs_m[None, :] * sdqt + offs_d[:, None], dqT, mask=(offs_m[None, :] < Tq) & d_ok[:, None])
+    return dk, dv
+
+
+@triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot,
                    sdkb, sdkh, sdkt, sdvb, sdvh, sdvt, sdqb, sdqh, sdqt,
@@ -153,31 +246,45 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
     n_ok = (offs_n[:, None] < Tk) & d_ok[None, :]
     k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_ok, other=0.0)
     v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_ok, other=0.0)
+    kT = tl.trans(k) if ATOMIC_DQ else k
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo = 0
     if CAUSAL: lo = tl.maximum(0, pid_n * BLOCK_N - (Tk - Tq)) // BLOCK_M * BLOCK_M   # earlier queries cannot see these keys
+    full_lo, full_hi = _unmasked_queries(pid_n, lo, Tq, Tk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, HAS_MASK or HAS_SEG)
     for g in range(0, GROUP):
         h = kvh * GROUP + g
-        for start_m in range(lo, Tq, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            m_ok = (offs_m[:, None] < Tq) & d_ok[None, :]
-            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=m_ok, other=0.0)
-            do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :], mask=m_ok, other=0.0)
-            lse = tl.load(LSE + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=float('inf'))
-            delta = tl.load(DELTA + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            ok = _allowed(offs_m, offs_n, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window, CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
-            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-            if ATOMIC_DQ:
-                dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * sm_scale
-                tl.atomic_add(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :], dq, mask=m_ok)
+        q_base, do_base, dq_base = Q + b * sqb + h * sqh, DO + b * sdob + h * sdoh, DQ + b * sdqb + h * sdqh
+        lse_base, delta_base = LSE + (b * H + h) * Tq, DELTA + (b * H + h) * Tq
+        # the queries before the diagonal's end (masked), the interior (no mask), the window's edge and the end (masked)
+        for stage in tl.static_range(1 if HAS_MASK or HAS_SEG else 3):
+            start, stop = (lo, Tq if HAS_MASK or HAS_SEG else full_lo) if stage == 0 else ((full_lo, full_hi) if stage == 1 else (full_hi, Tq))
+            dk, dv = _dkdv_blocks(dk, dv, k, v, kT, q_base, do_base, lse_base, delta_base, dq_base, start, stop, offs_n, offs_d,
+                                  d_ok, sqt, sdot, sdqt, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, qk_scale,
+                                  sm_scale, window, D, BLOCK_D, BLOCK_M, CAUSAL, WINDOW, HAS_MASK, HAS_SEG, stage != 1,
+                                  ATOMIC_DQ, PRECISION)
     tl.store(DK + b * sdkb + kvh * sdkh + offs_n[:, None] * sdkt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
     tl.store(DV + b * sdvb + kvh * sdvh + offs_n[:, None] * sdvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _dq_blocks(dq, q, do, lse, delta, kbase, vbase, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b, MASK, smb, smq, smk,
+               QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+               HAS_SEG: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    for start_n in range(start, stop, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(kbase + offs_n[:, None] * skt + offs_d[None, :], offs_n[:, None] < Tk, d_ok[None, :], MASKED, BLOCK_D == D)
+        v = _load_tile(vbase + offs_n[:, None] * svt + offs_d[None, :], offs_n[:, None] < Tk, d_ok[None, :], MASKED, BLOCK_D == D)
+        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
+        if MASKED:
+            ok = _allowed(offs_m[:, None], offs_n[None, :], Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window,
+                          CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
+            p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
 
 
 @triton.jit
@@ -201,43 +308,58 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK, QSEG, KSEG,
     delta = tl.load(DELTA + bh * Tq + offs_m, mask=offs_m < Tq, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _key_range(pid_m, Tq, Tk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = (offs_n[:, None] < Tk) & d_ok[None, :]
-        k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_ok, other=0.0)
-        v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        ok = _allowed(offs_m, offs_n, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window, CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
-        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    full_lo, full_hi = _unmasked_keys(pid_m, lo, hi, Tq, Tk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, HAS_MASK or HAS_SEG)
+    kbase, vbase = K + b * skb + kvh * skh, V + b * svb + kvh * svh
+    for stage in tl.static_range(1 if HAS_MASK or HAS_SEG else 3):   # as in the forward: masked, unmasked, masked
+        start, stop = (lo, hi if HAS_MASK or HAS_SEG else full_lo) if stage == 0 else ((full_lo, full_hi) if stage == 1 else (full_hi, hi))
+        dq = _dq_blocks(dq, q, do, lse, delta, kbase, vbase, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b, MASK, smb, smq, smk,
+                        QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D, BLOCK_D, BLOCK_N, CAUSAL, WINDOW, HAS_MASK,
+                        HAS_SEG, stage != 1, PRECISION)
     tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=m_ok)
 
 # %% ../nbs/05_kernels.ipynb #73c5d99a
-# Launch configurations: the autotuner picks among them on a GPU; tests run each one through `kernel.fn`.
-FWD_CONFIGS = [triton.Config({'BLOCK_M': 128, 'BLOCK_N': 64}, num_warps=8, num_stages=3),
-               triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64}, num_warps=4, num_stages=3),
-               triton.Config({'BLOCK_M': 64, 'BLOCK_N': 32}, num_warps=4, num_stages=4)]
-DKDV_CONFIGS = [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64}, num_warps=8, num_stages=2),
-                triton.Config({'BLOCK_M': 32, 'BLOCK_N': 64}, num_warps=8, num_stages=3),
-                triton.Config({'BLOCK_M': 64, 'BLOCK_N': 32}, num_warps=4, num_stages=3)]
-DQ_CONFIGS = [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64}, num_warps=4, num_stages=2),
-              triton.Config({'BLOCK_M': 64, 'BLOCK_N': 32}, num_warps=4, num_stages=3)]
+# Launch configurations: the autotuner picks among those a launch can use (`usable_configs`); tests run each through `kernel.fn`.
+# Every one compiles for sm_90 with all its dots on wgmma and no register spills (tools/check_hopper.py checks it).
+cfg = lambda m, n, warps, stages: triton.Config({'BLOCK_M': m, 'BLOCK_N': n}, num_warps=warps, num_stages=stages)
+FWD_CONFIGS = [cfg(128, 64, 8, 3), cfg(128, 128, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 4)]
+DKDV_CONFIGS = [cfg(32, 128, 8, 2), cfg(16, 128, 8, 2), cfg(16, 64, 8, 3)]   # 128 or 64 keys per program
+DQ_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 32, 8, 3), cfg(64, 32, 4, 3)]
+# float32 inputs compute their dots in IEEE float32 (`precision='ieee'`: as exact as the reference, no tensor cores) on
+# CUDA-core FMAs, whose operands all sit in registers: small tiles only
+FP32_CONFIGS = {'fwd': [cfg(16, 16, 4, 2)], 'dkdv': [cfg(16, 32, 8, 2)], 'dq': [cfg(32, 16, 4, 2), cfg(16, 16, 4, 2)]}
+del cfg
+
+def _usable(which:str):
+    "The configs a launch with these arguments can use, from the registers each needs (measured by tools/check_hopper.py)."
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        if args['PRECISION'] == 'ieee': return [c for c in configs if any(c is f for f in FP32_CONFIGS[which])]
+        limit = 1 << 30
+        if args.get('HAS_MASK'): limit = 4096 if which == 'dq' else 2048          # the mask tile, bytes and booleans
+        if which == 'dkdv' and (args.get('WINDOW') or args['D'] > 64): limit = 2048   # a window's two edges; wide heads
+        if which == 'dkdv' and args.get('ATOMIC_DQ') and args['D'] > 64: limit = 1024   # dQ's tile beside dK's and dV's
+        return [c for c in configs if not any(c is f for f in FP32_CONFIGS[which]) and c.kwargs['BLOCK_M'] * c.kwargs['BLOCK_N'] <= limit]
+    return prune
+
+def usable_configs(kernel, args:dict) -> list:
+    "The configs the autotuner would choose among for a launch with `args` (its constexprs suffice)."
+    return kernel.early_config_prune(kernel.configs, args) if kernel.early_config_prune else kernel.configs
+
 # The autotuner benchmarks once per key. Keyed on the exact lengths, generation (Tk + 1 every token) and batches of varying
 # length would re-tune at every call; keyed on their power-of-two buckets (the kernels read tq_bucket/tk_bucket for nothing
 # else), a 4k-token generation tunes about a dozen times.
-_KEY = ['tq_bucket', 'tk_bucket', 'D', 'CAUSAL', 'HAS_MASK', 'HAS_SEG']
+_KEY = ['tq_bucket', 'tk_bucket', 'D', 'CAUSAL', 'WINDOW', 'HAS_MASK', 'HAS_SEG', 'PRECISION']
 def length_bucket(n:int) -> int: return max(16, triton.next_power_of_2(n))
-attn_fwd_kernel = triton.autotune(FWD_CONFIGS, key=_KEY)(_attn_fwd)
-attn_dkdv_kernel = triton.autotune(DKDV_CONFIGS, key=_KEY + ['ATOMIC_DQ'], reset_to_zero=['DQ'])(_attn_bwd_dkdv)
-attn_dq_kernel = triton.autotune(DQ_CONFIGS, key=_KEY)(_attn_bwd_dq)
+attn_fwd_kernel = triton.autotune(FWD_CONFIGS + FP32_CONFIGS['fwd'], key=_KEY, prune_configs_by={'early_config_prune': _usable('fwd')})(_attn_fwd)
+attn_dkdv_kernel = triton.autotune(DKDV_CONFIGS + FP32_CONFIGS['dkdv'], key=_KEY + ['ATOMIC_DQ'], reset_to_zero=['DQ'],
+                                   prune_configs_by={'early_config_prune': _usable('dkdv')})(_attn_bwd_dkdv)
+attn_dq_kernel = triton.autotune(DQ_CONFIGS + FP32_CONFIGS['dq'], key=_KEY, prune_configs_by={'early_config_prune': _usable('dq')})(_attn_bwd_dq)
 
 
 def _run(kernel, grid, args:dict, config=None):
-    "Launch `kernel` (autotuned) or, with `config` or under the interpreter, its plain JIT function with one config."
+    "Launch `kernel` (autotuned) or, with `config` or under the interpreter, its plain JIT function with one usable config."
     if config is None and not _interpreting(): return kernel[grid](**args)
-    config = config or kernel.configs[-1]
+    config = config or usable_configs(kernel, args)[-1]
     kernel.fn[grid](**args, **config.all_kwargs())
 
 
@@ -298,6 +420,7 @@ def attention_backward(do, q, k, v, o, lse, *, causal=True, scale=None, window=N
     _attn_bwd_delta[(triton.cdiv(Tq, 64), B * H)](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
                                                  do.stride(0), do.stride(1), do.stride(2), H, Tq, BLOCK_M=64, **common)
     dq, dk, dv = out if out is not None else (None, torch.empty_like(k), torch.empty_like(v))
+    deterministic = deterministic or q.dtype == torch.float32   # IEEE-fp32 atomic dQ has no spill-free tile: two kernels
     if not deterministic: dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)   # atomics add into it
     elif dq is None: dq = torch.empty_like(q)
     flags = dict(H=H, GROUP=H // KVH, Tq=Tq, Tk=Tk, qk_scale=scale * LOG2E, sm_scale=scale, window=window or 0, **common,
@@ -339,6 +462,9 @@ def flash_attention(q, k, v, *, causal=True, mask=None, scale=None, window=None,
         return flash_attention(q.float(), k.float(), v.float(), causal=causal, mask=mask, scale=scale, window=window, doc_ids=doc_ids,
                                cu_seqlens=cu_seqlens, deterministic=deterministic).to(q.dtype)
     if cu_seqlens is not None: doc_ids = doc_ids_from_cu_seqlens(cu_seqlens, q.shape[2]).expand(q.shape[0], -1)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not needs_grad and doc_ids is None and (q.shape[1] // k.shape[1]) * q.shape[2] <= DECODE_MAX_ROWS:   # generation
+        return attention_decode(q, k, v, causal=causal, scale=scale, window=window, mask=mask)[0]
     return FlashAttention.apply(q, k, v, causal, scale, window, mask, doc_ids, deterministic)
 
 
@@ -347,6 +473,109 @@ def doc_ids_from_cu_seqlens(cu_seqlens, total:int):
     cu = torch.as_tensor(cu_seqlens, dtype=torch.int64)
     ids = torch.searchsorted(cu[1:].cpu(), torch.arange(total), right=True).to(torch.int32)
     return ids[None].to(cu.device)
+
+# %% ../nbs/05_kernels.ipynb #4900c925
+@triton.jit
+def _attn_decode(Q, K, V, O_PART, LSE_PART, MASK,
+                 sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, smb, smq, smk,
+                 H, GROUP, Tq, Tk, qk_scale, window, chunk, n_splits, tk_bucket,
+                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    # one program: one key/value head, one chunk of its keys, and every query of every query head that reads it
+    # (GROUP x Tq rows), so the keys are read once per group and a long cache is spread over many programs
+    split, bkv = tl.program_id(0), tl.program_id(1)
+    KVH = H // GROUP
+    b, kvh = (bkv // KVH).to(tl.int64), bkv % KVH
+    rows = tl.arange(0, BLOCK_R)
+    valid = rows < GROUP * Tq
+    h, t = kvh * GROUP + rows // Tq, rows % Tq
+    tq = tl.where(valid, t, Tq)                                             # padding rows: a query index that sees nothing
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(Q + b * sqb + h[:, None] * sqh + t[:, None] * sqt + offs_d[None, :], mask=valid[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full([BLOCK_R], float('-inf'), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    kbase, vbase = K + b * skb + kvh * skh, V + b * svb + kvh * svh
+    for start_n in range(split * chunk, tl.minimum(Tk, (split + 1) * chunk), BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kt = tl.load(kbase + offs_n[None, :] * skt + offs_d[:, None], mask=(offs_n[None, :] < Tk) & d_ok[:, None], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        ok = _allowed(tq[:, None], offs_n[None, :], Tq, Tk, b, MASK, smb, smq, smk, MASK, MASK, 0, 0, window,
+                      CAUSAL, WINDOW, HAS_MASK, False)
+        s = tl.where(ok, s, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vbase + offs_n[:, None] * svt + offs_d[None, :], mask=(offs_n[:, None] < Tk) & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    empty = l_i == 0.0                                                      # this chunk holds no key these queries see
+    part = ((b * H + h) * n_splits + split) * Tq + t                        # partial results: (B, H, splits, Tq, D) float32
+    tl.store(O_PART + part[:, None] * D + offs_d[None, :], acc / tl.where(empty, 1.0, l_i)[:, None], mask=valid[:, None] & d_ok[None, :])
+    tl.store(LSE_PART + part, tl.where(empty, float('-inf'), m_i + tl.log2(tl.where(empty, 1.0, l_i))), mask=valid)
+
+
+@triton.jit
+def _attn_decode_combine(O_PART, LSE_PART, O, LSE, sob, soh, sot, H, Tq, n_splits,
+                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    "Merge the chunks' softmaxes: each partial output weighted by exp2(its lse - the total lse)."
+    row = tl.program_id(0).to(tl.int64)                                     # one (batch, head, query)
+    bh, t = row // Tq, row % Tq
+    splits = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    part = (bh * n_splits + splits) * Tq + t
+    lse = tl.load(LSE_PART + part, mask=splits < n_splits, other=float('-inf'))
+    m = tl.max(lse, 0)
+    m_safe = tl.where(m == float('-inf'), 0.0, m)
+    w = tl.exp2(lse - m_safe)
+    total = tl.sum(w, 0)
+    o = tl.load(O_PART + part[:, None] * D + offs_d[None, :], mask=(splits[:, None] < n_splits) & (offs_d[None, :] < D), other=0.0)
+    out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(O + (bh // H) * sob + (bh % H) * soh + t * sot + offs_d, out.to(O.dtype.element_ty), mask=offs_d < D)
+    tl.store(LSE + row, tl.where(total == 0.0, float('inf'), m_safe + tl.log2(tl.where(total == 0.0, 1.0, total))))
+
+
+DECODE_CONFIGS = [triton.Config({'BLOCK_N': 128}, num_warps=4, num_stages=3),
+                  triton.Config({'BLOCK_N': 64}, num_warps=4, num_stages=4)]
+attn_decode_kernel = triton.autotune(DECODE_CONFIGS, key=['tk_bucket', 'D', 'BLOCK_R', 'CAUSAL', 'WINDOW', 'HAS_MASK'])(_attn_decode)
+DECODE_MAX_ROWS = 64      # (query heads per key head) x queries that one decode program holds
+
+
+def decode_splits(B:int, KVH:int, Tk:int, device) -> int:
+    "How many chunks to cut the keys into: enough programs for two waves over the GPU's SMs, each chunk >= 256 keys."
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 8
+    return max(1, min(triton.cdiv(2 * sms, B * KVH), triton.cdiv(Tk, 256)))
+
+
+def attention_decode(q, k, v, *, causal=True, scale=None, window=None, mask=None, n_splits=None, config=None, out=None):
+    "Split-KV flash decoding for a few queries against a long cache: `(o, lse)` as `attention_forward` returns them."
+    B, H, Tq, D = q.shape
+    KVH, Tk = k.shape[1], k.shape[2]
+    if (H // KVH) * Tq > DECODE_MAX_ROWS:
+        raise ValueError(f"attention_decode holds at most {DECODE_MAX_ROWS} (query heads per key head x queries), got "
+                         f"{H // KVH} x {Tq}: use attention_forward")
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    q, k, v, margs, _ = _prepare(q, k, v, mask, None)
+    n_splits = n_splits or decode_splits(B, KVH, Tk, q.device)
+    chunk = triton.cdiv(triton.cdiv(Tk, n_splits), 128) * 128                # a multiple of every config's BLOCK_N
+    n_splits = triton.cdiv(Tk, chunk)
+    o_part = torch.empty((B, H, n_splits, Tq, D), device=q.device, dtype=torch.float32)
+    lse_part = torch.empty((B, H, n_splits, Tq), device=q.device, dtype=torch.float32)
+    args = dict(Q=q, K=k, V=v, O_PART=o_part, LSE_PART=lse_part, **margs,
+                sqb=q.stride(0), sqh=q.stride(1), sqt=q.stride(2), skb=k.stride(0), skh=k.stride(1), skt=k.stride(2),
+                svb=v.stride(0), svh=v.stride(1), svt=v.stride(2), H=H, GROUP=H // KVH, Tq=Tq, Tk=Tk,
+                qk_scale=scale * LOG2E, window=window or 0, chunk=chunk, n_splits=n_splits, tk_bucket=length_bucket(Tk),
+                D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_R=max(16, triton.next_power_of_2((H // KVH) * Tq)),
+                CAUSAL=causal, WINDOW=window is not None, HAS_MASK=mask is not None,
+                PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+    _run(attn_decode_kernel, (n_splits, B * KVH), args, config)
+    o, lse = out if out is not None else (torch.empty_like(q), torch.empty((B, H, Tq), device=q.device, dtype=torch.float32))
+    _attn_decode_combine[(B * H * Tq,)](o_part, lse_part, o, lse, o.stride(0), o.stride(1), o.stride(2), H, Tq, n_splits,
+                                       D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_S=max(2, triton.next_power_of_2(n_splits)))
+    return o, lse
 
 # %% ../nbs/05_kernels.ipynb #5ded7d97
 @attention_backends.register('triton', overwrite=True)   # overwrite: re-running the cell (or the chapter) is harmless

@@ -1,9 +1,21 @@
-"""Compile every shipped Triton kernel configuration for the H100 (sm_90) on this machine, no GPU needed.
+"""Compile every shipped Triton kernel configuration for the H100 (sm_90a) on this machine, no GPU needed, as a real launch
+would compile it, and report what the compiler made of it.
 
-Prints one JSON line per compiled kernel (shared memory, registers, spills, wgmma) and exits 1 if any uses more than
-227 KB of shared memory, spills registers, or (attention kernels) does not use wgmma. Run without TRITON_INTERPRET.
+A real launch of contiguous tensors gets Triton's 16-byte specialization: pointers, strides and lengths divisible by 16
+are marked so, which is what lets the compiler vectorize loads and pipeline them with cp.async. This script marks them
+the same way (`--unaligned` compiles without it, as a launch with odd strides or lengths would).
+
+Per kernel it prints one JSON line: the dots in the source and how many became wgmma (Hopper's warpgroup MMA) or stayed
+mma.sync/FMA, register transposes (`tt.trans` of a value held in registers: a round trip through shared memory every
+iteration), TMA operations, cp.async copies, pipeline stages, shared memory, registers and spill bytes (from ptxas).
+Then a table. Exits 1 if any kernel uses more than 227 KB of shared memory, spills registers, or has an attention dot in
+bf16/fp16 (or fp32 with tf32) that is not on wgmma.
+
+    python tools/check_hopper.py            # every config x head dim x causal/full in bf16, each variant at d=128
+    python tools/check_hopper.py --full     # the whole cross product (a few minutes)
+Run it under another Triton with `make triton36` then `.venv-triton36/bin/python tools/check_hopper.py`.
 """
-import json, os, re, subprocess, sys, tempfile
+import argparse, collections, json, multiprocessing, os, re, subprocess, sys, tempfile
 os.environ['TRITON_INTERPRET'] = '0'
 import triton
 from triton.backends.compiler import GPUTarget
@@ -13,21 +25,37 @@ import llmlab.kernels as K
 
 TARGET = GPUTarget('cuda', 90, 32)
 SHARED_LIMIT = 227 * 1024
-POINTERS = {'LSE': 'fp32', 'DELTA': 'fp32', 'RSTD': 'fp32', 'DW': 'fp32', 'LOSS': 'fp32', 'MASK': 'u8', 'QSEG': 'i32', 'KSEG': 'i32',
+POINTERS = {'O_PART': 'fp32', 'LSE_PART': 'fp32', 'LSE': 'fp32', 'DELTA': 'fp32', 'RSTD': 'fp32', 'DW': 'fp32', 'LOSS': 'fp32', 'MASK': 'u8', 'QSEG': 'i32', 'KSEG': 'i32',
             'LABELS': 'i64', 'COS': 'bf16', 'SIN': 'bf16'}
 INTS = {'H', 'GROUP', 'M', 'N', 'T'}
 FLOATS = {'qk_scale', 'sm_scale', 'eps', 'smoothing', 'z_loss', 'inv_n'}
+# ints a launch of contiguous tensors at lengths that are multiples of 16 sees divisible by 16: strides and lengths
+ALIGNED_INTS = re.compile(r'^(s[a-z]+|Tq|Tk|M|N|n|T|chunk)$')
+DECODE_ALIGNED_INTS = re.compile(r'^(s[a-z]+|chunk)$')   # decoding: one query, any cache length
 
 
-def compile_one(fn, constexprs:dict, num_warps:int, num_stages:int, dtype:str='bf16'):
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs: sig[name] = 'constexpr'
-        elif name.isupper() and name not in INTS: sig[name] = '*' + POINTERS.get(name, dtype)
+def signature(fn, constexprs:dict, dtype:str, aligned:bool, fp32_pointers=()):
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs: sig[name] = 'constexpr'; continue
+        if name.isupper() and name not in INTS: sig[name] = '*' + ('fp32' if name in fp32_pointers else POINTERS.get(name, dtype))
         elif name in FLOATS: sig[name] = 'fp32'
         else: sig[name] = 'i32'
-    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+        ints = DECODE_ALIGNED_INTS if 'decode' in fn.__name__ else ALIGNED_INTS
+        if aligned and (sig[name].startswith('*') or ints.match(name)): attrs[(i,)] = [['tt.divisibility', 16]]
+    return sig, attrs
+
+
+def compile_one(fn, constexprs:dict, num_warps:int, num_stages:int, dtype:str='bf16', aligned:bool=True, fp32_pointers=()):
+    sig, attrs = signature(fn, constexprs, dtype, aligned, fp32_pointers)
+    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     return triton.compile(src, target=TARGET, options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _ptxas() -> str:
+    "The ptxas Triton itself uses (it reads Triton's newer PTX); its signature differs between Triton versions."
+    try: return get_ptxas(90).path
+    except TypeError: return get_ptxas().path
 
 
 def ptxas_usage(ptx:str) -> dict:
@@ -35,47 +63,101 @@ def ptxas_usage(ptx:str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'k.ptx')
         open(path, 'w').write(ptx)
-        ptxas = get_ptxas(90).path                     # the ptxas Triton itself uses (it reads Triton's newer PTX)
-        out = subprocess.run([ptxas, '-arch=sm_90a', '-v', path, '-o', os.path.join(d, 'k.cubin')], capture_output=True, text=True)
+        out = subprocess.run([_ptxas(), '-arch=sm_90a', '-v', path, '-o', os.path.join(d, 'k.cubin')], capture_output=True, text=True)
     if out.returncode: raise RuntimeError(out.stderr)
     regs = int(re.search(r'Used (\d+) registers', out.stderr).group(1))
     spills = sum(int(x) for x in re.findall(r'(\d+) bytes spill (?:stores|loads)', out.stderr))
     return {'registers': regs, 'spill_bytes': spills}
 
 
-def cases():
-    attn = dict(WINDOW=False, HAS_MASK=False, HAS_SEG=False, PRECISION='tf32')
+def ops(ir:str) -> collections.Counter:
+    return collections.Counter(re.findall(r'= ((?:tt|ttg|ttng|nvws)\.[a-z_]+)', ir))
+
+
+def report(k) -> dict:
+    ttir, ttgir, ptx = ops(k.asm['ttir']), ops(k.asm['ttgir']), k.asm['ptx']
+    return {'dots': ttir['tt.dot'], 'wgmma': ttgir['ttng.warp_group_dot'], 'not_wgmma': ttgir['tt.dot'],
+            'register_transposes': ttgir['tt.trans'],
+            'tma': sum(n for op, n in ttgir.items() if 'tma' in op or 'descriptor' in op),
+            'cp_async': ttgir['ttg.async_copy_global_to_local'], 'shared': k.metadata.shared, **ptxas_usage(ptx)}
+
+
+def _attention(D, causal, dtype='bf16', **variant):
+    return dict(D=D, BLOCK_D=D, CAUSAL=causal, WINDOW=variant.get('window', False), HAS_MASK=variant.get('mask', False),
+                HAS_SEG=variant.get('docs', False), PRECISION='ieee' if dtype == 'fp32' else 'tf32')
+
+
+def cases(full=False):
+    "(kernel, fn, constexprs, config, dtype, float32 pointers, variant name, needs wgmma): each config a launch can use"
+    kernels = [('attn_fwd', K.attn_fwd_kernel), ('attn_bwd_dkdv', K.attn_dkdv_kernel), ('attn_bwd_dq', K.attn_dq_kernel)]
+    for dtype in ('bf16', 'fp16', 'fp32'):
+        for D in (64, 128):
+            for causal in (True, False):
+                for variant in ('plain', 'window', 'mask', 'docs', 'atomic dQ'):
+                    if variant == 'atomic dQ' and dtype == 'fp32': continue        # float32 always takes the two-kernel path
+                    if not (full or (dtype == 'bf16' and variant in ('plain', 'atomic dQ'))
+                            or (D == 128 and causal and (dtype != 'fp16' or variant == 'plain'))): continue
+                    base = _attention(D, causal, dtype, window=variant == 'window', mask=variant == 'mask', docs=variant == 'docs')
+                    for name, kernel in kernels:
+                        if variant == 'atomic dQ' and name != 'attn_bwd_dkdv': continue
+                        args = {**base, **({'ATOMIC_DQ': variant == 'atomic dQ'} if name == 'attn_bwd_dkdv' else {})}
+                        for c in K.usable_configs(kernel, args):
+                            # IEEE float32 dots have no tensor-core form; atomic dQ accumulates into a float32 buffer
+                            yield (name, kernel.fn, {**args, **c.kwargs}, c, dtype, ('DQ',) if variant == 'atomic dQ' else (),
+                                   f'{variant} {dtype}', dtype != 'fp32')
     for D in (64, 128):
-        for causal in (True, False):
-            base = dict(D=D, BLOCK_D=D, CAUSAL=causal, **attn)
-            for c in K.FWD_CONFIGS: yield 'attn_fwd', K.attn_fwd_kernel.fn, {**base, **c.kwargs}, c, True
-            for c in K.DKDV_CONFIGS: yield 'attn_bwd_dkdv', K.attn_dkdv_kernel.fn, {**base, **c.kwargs, 'ATOMIC_DQ': False}, c, True
-            for c in K.DQ_CONFIGS: yield 'attn_bwd_dq', K.attn_dq_kernel.fn, {**base, **c.kwargs}, c, True
+        for rows in (16, 64):   # one query x GQA 8:1 (padded to 16), and the most a decode program holds
+            args = dict(D=D, BLOCK_D=D, BLOCK_R=rows, CAUSAL=True, WINDOW=False, HAS_MASK=False, PRECISION='tf32')
+            for c in K.attn_decode_kernel.configs:   # 16 rows are below wgmma's 64: the decode reads keys, it is not dot-bound
+                yield 'attn_decode', K.attn_decode_kernel.fn, {**args, **c.kwargs}, c, 'bf16', (), f'decode {rows} rows bf16', rows >= 64
+    combine = dict(D=128, BLOCK_D=128, BLOCK_S=64)
+    yield 'attn_decode_combine', K._attn_decode_combine, combine, triton.Config({}, num_warps=4, num_stages=1), 'bf16', (), 'bf16', False
     one = triton.Config({}, num_warps=4, num_stages=1)
     for n in (1024, 4096, 8192):                        # hidden sizes up to 8192 (Llama 3 70B), with the launcher's warps
         rows = triton.Config({}, num_warps=K.row_warps(n), num_stages=1)
-        yield 'rmsnorm_fwd', K._rmsnorm_fwd, {'BLOCK': n, 'ROWS': max(1, min(16, 2048 // n))}, rows, False
-        yield 'rmsnorm_bwd', K._rmsnorm_bwd, {'BLOCK': n}, rows, False
-    yield 'rope', K._rope, {'HALF': 64, 'BLOCK': 64, 'BLOCK_T': 16, 'SIGN': 1}, one, False
-    yield 'swiglu_fwd', K._swiglu_fwd, {'BLOCK': 1024}, one, False
-    yield 'swiglu_bwd', K._swiglu_bwd, {'BLOCK': 1024}, one, False
-    yield 'cross_entropy_rows', K._ce_rows, {'BLOCK': 4096}, one, False
+        yield 'rmsnorm_fwd', K._rmsnorm_fwd, {'BLOCK': n, 'ROWS': max(1, min(16, 2048 // n))}, rows, 'bf16', (), 'bf16', False
+        yield 'rmsnorm_bwd', K._rmsnorm_bwd, {'BLOCK': n}, rows, 'bf16', (), 'bf16', False
+    yield 'rope', K._rope, {'HALF': 64, 'BLOCK': 64, 'BLOCK_T': 16, 'SIGN': 1}, one, 'bf16', (), 'bf16', False
+    yield 'swiglu_fwd', K._swiglu_fwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
+    yield 'swiglu_bwd', K._swiglu_bwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
+    yield 'cross_entropy_rows', K._ce_rows, {'BLOCK': 4096}, one, 'bf16', (), 'bf16', False
 
 
-def main():
-    failures = 0
-    for name, fn, constexprs, config, needs_wgmma in cases():
-        k = compile_one(fn, constexprs, config.num_warps, config.num_stages)
-        usage = ptxas_usage(k.asm['ptx'])
-        wgmma = 'wgmma' in k.asm['ptx']
-        problems = ([f"shared memory {k.metadata.shared} B > {SHARED_LIMIT}"] if k.metadata.shared > SHARED_LIMIT else []) + \
-                   ([f"{usage['spill_bytes']} bytes of register spills"] if usage['spill_bytes'] else []) + \
-                   (["no wgmma"] if needs_wgmma and not wgmma else [])
-        failures += bool(problems)
-        print(json.dumps({'kernel': name, 'constexprs': {k_: v for k_, v in constexprs.items() if k_ in ('D', 'CAUSAL', 'BLOCK', 'BLOCK_M', 'BLOCK_N')},
-                          'num_warps': config.num_warps, 'num_stages': config.num_stages, 'shared': k.metadata.shared,
-                          **usage, 'wgmma': wgmma, 'problems': problems}), flush=True)
-    sys.exit(1 if failures else 0)
+def _compile_case(i:int) -> dict:
+    name, fn, constexprs, config, dtype, fp32_pointers, variant, needs_wgmma = CASES[i]
+    r = report(compile_one(fn, constexprs, config.num_warps, config.num_stages, dtype, ALIGNED, fp32_pointers))
+    problems = ([f"shared memory {r['shared']} B > {SHARED_LIMIT}"] if r['shared'] > SHARED_LIMIT else []) + \
+               ([f"{r['spill_bytes']} bytes of register spills"] if r['spill_bytes'] else []) + \
+               ([f"{r['dots'] - r['wgmma']} of {r['dots']} dots not on wgmma"] if needs_wgmma and r['wgmma'] < r['dots'] else [])
+    return {'kernel': name, 'variant': variant,
+            'constexprs': {k: v for k, v in constexprs.items() if k in ('D', 'CAUSAL', 'BLOCK', 'BLOCK_M', 'BLOCK_N', 'BLOCK_R')},
+            'num_warps': config.num_warps, 'num_stages': config.num_stages, **r, 'problems': problems}
 
 
-if __name__ == '__main__': main()
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--full', action='store_true', help='every variant at every head dim, causal and full')
+    ap.add_argument('--unaligned', action='store_true', help="without the 16-byte specialization (odd strides or lengths)")
+    ap.add_argument('--jobs', type=int, default=os.cpu_count(), help='compile in this many processes')
+    args = ap.parse_args(argv)
+    print(json.dumps({'triton': triton.__version__, 'target': 'sm_90a', 'aligned': not args.unaligned}), flush=True)
+    global CASES, ALIGNED
+    CASES, ALIGNED = list(cases(args.full)), not args.unaligned
+    with multiprocessing.get_context('fork').Pool(args.jobs) as pool:   # compiling is CPU-bound and independent
+        rows = []
+        for row in pool.imap(_compile_case, range(len(CASES))):
+            rows.append(row); print(json.dumps(row), flush=True)
+    failures = sum(bool(r['problems']) for r in rows)
+    print(f"\n| kernel | variant | D | causal | block | warps | stages | dots | wgmma | reg. transposes | TMA | cp.async | shared KB | regs | spills | problems |")
+    print('|' + '---|' * 16)
+    for r in rows:
+        c = r['constexprs']
+        block = f"{c['BLOCK_M']}x{c['BLOCK_N']}" if 'BLOCK_M' in c else f"{c['BLOCK_R']}x{c['BLOCK_N']}" if 'BLOCK_R' in c else str(c.get('BLOCK', ''))
+        print(f"| {r['kernel']} | {r['variant']} | {c.get('D', '')} | {c.get('CAUSAL', '')} | {block} | {r['num_warps']} | {r['num_stages']} "
+              f"| {r['dots']} | {r['wgmma']} | {r['register_transposes']} | {r['tma']} | {r['cp_async']} | {r['shared'] / 1024:.0f} "
+              f"| {r['registers']} | {r['spill_bytes']} | {'; '.join(r['problems']) or 'ok'} |")
+    print(f"\n{len(rows)} kernels compiled, {failures} with problems (triton {triton.__version__})")
+    return 1 if failures else 0
+
+
+if __name__ == '__main__': sys.exit(main())
