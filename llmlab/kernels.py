@@ -35,11 +35,11 @@ from .model import MLP, Attention, RMSNorm
 # %% auto #0
 __all__ = ['LOG2E', 'cfg', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'FP32_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel',
            'attn_dq_kernel', 'DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS', 'KERNELS', 'CUDA_LIBRARY',
-           'usable_configs', 'length_bucket', 'attention_forward', 'attention_backward', 'FlashAttention',
-           'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits', 'attention_decode', 'triton_attention',
-           'register_with_transformers', 'row_warps', 'rms_norm', 'rotary', 'swiglu', 'fused_linear_cross_entropy',
-           'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP', 'apply_kernels', 'fused_causal_lm_loss',
-           'cuda_attention', 'flash_attn_attention']
+           'usable_configs', 'length_bucket', 'attention_forward', 'head_splits', 'attention_backward',
+           'FlashAttention', 'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits', 'attention_decode',
+           'triton_attention', 'register_with_transformers', 'row_warps', 'rms_norm', 'rotary', 'swiglu',
+           'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP', 'apply_kernels',
+           'fused_causal_lm_loss', 'cuda_attention', 'flash_attn_attention']
 
 # %% ../nbs/05_kernels.ipynb #a712c6f1
 LOG2E = 1.4426950408889634
@@ -229,15 +229,18 @@ def _dkdv_blocks(dk, dv, k, v, kT, q_base, do_base, lse_base, delta_base, dq_bas
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot,
-                   sdkb, sdkh, sdkt, sdvb, sdvh, sdvt, sdqb, sdqh, sdqt,
+                   sdkb, sdkh, sdkt, sdvb, sdvh, sdvt, sdqb, sdqh, sdqt, sdks, sdvs,
                    smb, smq, smk, sqsb, sksb,
-                   H, GROUP, Tq, Tk, qk_scale, sm_scale, window, tq_bucket, tk_bucket,
+                   H, GROUP, Tq, Tk, qk_scale, sm_scale, window, head_splits, tq_bucket, tk_bucket,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
                    ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr):
-    # one program owns one block of keys of one key/value head: it sums over every query head of its group, so dK and dV
-    # need no atomics; dQ is either accumulated here with atomics (fast, order-dependent) or by _attn_bwd_dq (deterministic)
-    pid_n, bkv = tl.program_id(0), tl.program_id(1)
+    # one program owns one block of keys of one key/value head: it sums over the query heads of its group (all of them,
+    # or its share of them when the group is split over `head_splits` programs: then it writes float32 partial sums that
+    # the wrapper adds in a fixed order), so dK and dV need no atomics; dQ is either accumulated here with atomics (fast,
+    # order-dependent) or by _attn_bwd_dq (deterministic)
+    pid_n, pid_kv = tl.program_id(0), tl.program_id(1)
+    bkv, split = pid_kv // head_splits, pid_kv % head_splits
     KVH = H // GROUP
     b, kvh = (bkv // KVH).to(tl.int64), bkv % KVH
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -252,7 +255,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
     lo = 0
     if CAUSAL: lo = tl.maximum(0, pid_n * BLOCK_N - (Tk - Tq)) // BLOCK_M * BLOCK_M   # earlier queries cannot see these keys
     full_lo, full_hi = _unmasked_queries(pid_n, lo, Tq, Tk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, HAS_MASK or HAS_SEG)
-    for g in range(0, GROUP):
+    heads = GROUP // head_splits
+    for g in range(split * heads, (split + 1) * heads):
         h = kvh * GROUP + g
         q_base, do_base, dq_base = Q + b * sqb + h * sqh, DO + b * sdob + h * sdoh, DQ + b * sdqb + h * sdqh
         lse_base, delta_base = LSE + (b * H + h) * Tq, DELTA + (b * H + h) * Tq
@@ -263,8 +267,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, MASK, QSEG, KSEG,
                                   d_ok, sqt, sdot, sdqt, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, qk_scale,
                                   sm_scale, window, D, BLOCK_D, BLOCK_M, CAUSAL, WINDOW, HAS_MASK, HAS_SEG, stage != 1,
                                   ATOMIC_DQ, PRECISION)
-    tl.store(DK + b * sdkb + kvh * sdkh + offs_n[:, None] * sdkt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
-    tl.store(DV + b * sdvb + kvh * sdvh + offs_n[:, None] * sdvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok)
+    tl.store(DK + split * sdks + b * sdkb + kvh * sdkh + offs_n[:, None] * sdkt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=n_ok)
+    tl.store(DV + split * sdvs + b * sdvb + kvh * sdvh + offs_n[:, None] * sdvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -322,7 +326,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK, QSEG, KSEG,
 # Every one compiles for sm_90 with all its dots on wgmma and no register spills (tools/check_hopper.py checks it).
 cfg = lambda m, n, warps, stages: triton.Config({'BLOCK_M': m, 'BLOCK_N': n}, num_warps=warps, num_stages=stages)
 FWD_CONFIGS = [cfg(128, 64, 8, 3), cfg(128, 128, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 4)]
-DKDV_CONFIGS = [cfg(32, 128, 8, 2), cfg(16, 128, 8, 2), cfg(16, 64, 8, 3)]   # 128 or 64 keys per program
+DKDV_CONFIGS = [cfg(32, 128, 8, 2), cfg(16, 128, 8, 2), cfg(16, 64, 8, 2)]   # 128 or 64 keys per program
 DQ_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 32, 8, 3), cfg(64, 32, 4, 3)]
 # float32 inputs compute their dots in IEEE float32 (`precision='ieee'`: as exact as the reference, no tensor cores) on
 # CUDA-core FMAs, whose operands all sit in registers: small tiles only
@@ -406,11 +410,21 @@ def attention_forward(q, k, v, *, causal=True, scale=None, window=None, mask=Non
     return o, lse
 
 
+def head_splits(B:int, H:int, KVH:int, Tk:int, device) -> int:
+    "Over how many programs to split each key/value head's query heads in the dK/dV kernel: enough for one wave over the SMs."
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 8
+    splits, group = 1, H // KVH
+    while triton.cdiv(Tk, 128) * B * KVH * splits < sms and group % (2 * splits) == 0: splits *= 2
+    return splits
+
+
 def attention_backward(do, q, k, v, o, lse, *, causal=True, scale=None, window=None, mask=None, doc_ids=None,
-                       deterministic=True, configs=None, out=None):
+                       deterministic=True, configs=None, out=None, n_head_splits=None):
     "Gradients `(dq, dk, dv)` of flash attention, recomputing the probabilities block by block."
     B, H, Tq, D = q.shape
     KVH, Tk = k.shape[1], k.shape[2]
+    n_head_splits = n_head_splits or head_splits(B, H, KVH, Tk, q.device)
+    if (H // KVH) % n_head_splits: raise ValueError(f"n_head_splits={n_head_splits} must divide the {H // KVH} query heads per key/value head")
     scale = 1 / math.sqrt(D) if scale is None else scale
     configs = configs or {}
     q, k, v, margs, sargs = _prepare(q, k, v, mask, doc_ids)
@@ -430,10 +444,15 @@ def attention_backward(do, q, k, v, o, lse, *, causal=True, scale=None, window=N
     strides = dict(sqb=q.stride(0), sqh=q.stride(1), sqt=q.stride(2), skb=k.stride(0), skh=k.stride(1), skt=k.stride(2),
                    svb=v.stride(0), svh=v.stride(1), svt=v.stride(2), sdob=do.stride(0), sdoh=do.stride(1), sdot=do.stride(2),
                    sdqb=dq.stride(0), sdqh=dq.stride(1), sdqt=dq.stride(2))
-    _run(attn_dkdv_kernel, lambda meta: (triton.cdiv(Tk, meta['BLOCK_N']), B * KVH),
-         dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DK=dk, DV=dv, DQ=dq, **margs, **sargs, **strides, **flags,
-              sdkb=dk.stride(0), sdkh=dk.stride(1), sdkt=dk.stride(2), sdvb=dv.stride(0), sdvh=dv.stride(1), sdvt=dv.stride(2),
+    # MQA/GQA at batch 1 has few key/value heads: their query heads are split over programs, each writing float32 partials
+    dk_out, dv_out = (torch.empty((n_head_splits, *t.shape), device=t.device, dtype=torch.float32) for t in (dk, dv)) \
+        if n_head_splits > 1 else (dk[None], dv[None])
+    _run(attn_dkdv_kernel, lambda meta: (triton.cdiv(Tk, meta['BLOCK_N']), B * KVH * n_head_splits),
+         dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DK=dk_out, DV=dv_out, DQ=dq, **margs, **sargs, **strides, **flags,
+              sdkb=dk_out.stride(1), sdkh=dk_out.stride(2), sdkt=dk_out.stride(3), sdvb=dv_out.stride(1), sdvh=dv_out.stride(2),
+              sdvt=dv_out.stride(3), sdks=dk_out.stride(0), sdvs=dv_out.stride(0), head_splits=n_head_splits,
               ATOMIC_DQ=not deterministic), configs.get('dkdv'))
+    if n_head_splits > 1: dk.copy_(dk_out.sum(0)); dv.copy_(dv_out.sum(0))   # in a fixed order: deterministic
     if deterministic:
         _run(attn_dq_kernel, lambda meta: (triton.cdiv(Tq, meta['BLOCK_M']), B * H),
              dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DQ=dq, **margs, **sargs, **strides, **flags), configs.get('dq'))
