@@ -33,7 +33,7 @@ from .attention import attention_backends
 from .model import MLP, Attention, RMSNorm
 
 # %% auto #0
-__all__ = ['LOG2E', 'cfg', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'FP32_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel',
+__all__ = ['LOG2E', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'FP32_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel',
            'attn_dq_kernel', 'DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS', 'KERNELS', 'CUDA_LIBRARY',
            'usable_configs', 'length_bucket', 'attention_forward', 'head_splits', 'attention_backward',
            'FlashAttention', 'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits', 'attention_decode',
@@ -324,14 +324,13 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK, QSEG, KSEG,
 # %% ../nbs/05_kernels.ipynb #73c5d99a
 # Launch configurations: the autotuner picks among those a launch can use (`usable_configs`); tests run each through `kernel.fn`.
 # Every one compiles for sm_90 with all its dots on wgmma and no register spills (tools/check_hopper.py checks it).
-cfg = lambda m, n, warps, stages: triton.Config({'BLOCK_M': m, 'BLOCK_N': n}, num_warps=warps, num_stages=stages)
-FWD_CONFIGS = [cfg(128, 64, 8, 3), cfg(128, 128, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 4)]
-DKDV_CONFIGS = [cfg(32, 128, 8, 2), cfg(16, 128, 8, 2), cfg(16, 64, 8, 2)]   # 128 or 64 keys per program
-DQ_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 32, 8, 3), cfg(64, 32, 4, 3)]
+def _cfg(m, n, warps, stages): return triton.Config({'BLOCK_M': m, 'BLOCK_N': n}, num_warps=warps, num_stages=stages)
+FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4)]
+DKDV_CONFIGS = [_cfg(32, 128, 8, 2), _cfg(16, 128, 8, 2), _cfg(16, 64, 8, 2)]   # 128 or 64 keys per program
+DQ_CONFIGS = [_cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 3)]
 # float32 inputs compute their dots in IEEE float32 (`precision='ieee'`: as exact as the reference, no tensor cores) on
 # CUDA-core FMAs, whose operands all sit in registers: small tiles only
-FP32_CONFIGS = {'fwd': [cfg(16, 16, 4, 2)], 'dkdv': [cfg(16, 32, 8, 2)], 'dq': [cfg(32, 16, 4, 2), cfg(16, 16, 4, 2)]}
-del cfg
+FP32_CONFIGS = {'fwd': [_cfg(16, 16, 4, 2)], 'dkdv': [_cfg(16, 32, 8, 2)], 'dq': [_cfg(32, 16, 4, 2), _cfg(16, 16, 4, 2)]}
 
 def _usable(which:str):
     "The configs a launch with these arguments can use, from the registers each needs (measured by tools/check_hopper.py)."
