@@ -39,7 +39,7 @@ __all__ = ['LOG2E', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'FP32_CONFIGS',
            'FlashAttention', 'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits', 'attention_decode',
            'triton_attention', 'register_with_transformers', 'row_warps', 'rms_norm', 'rotary', 'swiglu',
            'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP', 'apply_kernels',
-           'fused_causal_lm_loss', 'cuda_attention', 'flash_attn_attention']
+           'fused_causal_lm_loss', 'cuda_self_test', 'cuda_attention', 'flash_attn_attention']
 
 # %% ../nbs/05_kernels.ipynb #a712c6f1
 LOG2E = 1.4426950408889634
@@ -889,7 +889,10 @@ def fused_causal_lm_loss(model, batch) -> torch.Tensor:
 
 # %% ../nbs/05_kernels.ipynb #46296ad5
 CUDA_LIBRARY = Path(__file__).resolve().parent.parent / 'kernels' / 'libllmlab_attn.so' if '__file__' in globals() else Path('kernels/libllmlab_attn.so')
+_CUDA_STATUS = {1: 'head_dim is not 64 or 128', 2: 'the launch failed', 3: 'a stride or pointer is not 16-byte aligned',
+                4: 'the shape is out of range (batch or heads > 65,535, or heads not a multiple of key/value heads)'}
 _cuda_lib = None
+_cuda_self_tests = {}   # device index -> None (passed) or why it failed
 
 def _load_cuda_library():
     global _cuda_lib
@@ -897,17 +900,16 @@ def _load_cuda_library():
         path = Path(os.environ.get('LLMLAB_CUDA_KERNELS', CUDA_LIBRARY))
         if not torch.cuda.is_available(): raise RuntimeError("the 'cuda' attention backend needs a GPU; use 'triton' or 'sdpa'")
         if not path.exists(): raise RuntimeError(f"{path} is missing: build it with `make kernels` (nvcc), or set LLMLAB_CUDA_KERNELS")
-        _cuda_lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path))
+        for fn in (lib.llmlab_flash_attn_fwd_f16, lib.llmlab_flash_attn_fwd_bf16):   # declared, so ctypes converts and checks
+            fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)] + [ctypes.c_int] * 6 + \
+                          [ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+        _cuda_lib = lib
     return _cuda_lib
 
-@attention_backends.register('cuda', overwrite=True)
-def cuda_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
-    "The CUDA C++ forward kernel of `kernels/flash_attn_fwd.cu` (inference: no backward, no mask)."
-    if mask is not None: raise ValueError("the 'cuda' backend takes no mask; use 'triton' for padded batches")
-    if q.dtype not in (torch.float16, torch.bfloat16): raise TypeError(f"the 'cuda' backend runs fp16 or bf16, got {q.dtype}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):   # else training would silently get no gradient
-        raise RuntimeError("the 'cuda' backend has no backward, and q, k or v requires grad: train with the 'triton' or 'sdpa' "
-                           "backend, or run inference under torch.no_grad()")
+def _cuda_forward(q, k, v, causal:bool, scale:float):
+    "One launch of the CUDA C++ kernel: `(o, lse)`, lse in base 2 like the Triton kernel's."
     lib = _load_cuda_library()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, Tq, D = q.shape
@@ -915,12 +917,48 @@ def cuda_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
     lse = torch.empty((B, H, Tq), device=q.device, dtype=torch.float32)
     strides = (ctypes.c_int64 * 12)(*[t.stride(i) for t in (q, k, v, o) for i in range(3)])
     fn = lib.llmlab_flash_attn_fwd_f16 if q.dtype == torch.float16 else lib.llmlab_flash_attn_fwd_bf16
-    status = fn(ctypes.c_void_p(q.data_ptr()), ctypes.c_void_p(k.data_ptr()), ctypes.c_void_p(v.data_ptr()),
-                ctypes.c_void_p(o.data_ptr()), ctypes.c_void_p(lse.data_ptr()), strides, B, H, k.shape[1], Tq, k.shape[2], D,
-                ctypes.c_float(1 / math.sqrt(D) if scale is None else scale), int(causal),
-                ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
-    if status: raise RuntimeError(f"the CUDA attention kernel failed (status {status}: 1 = head_dim {D} not 64 or 128, 2 = launch error)")
-    return o
+    status = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(), strides, B, H, k.shape[1], Tq, k.shape[2], D,
+                scale, int(causal), torch.cuda.current_stream(q.device).cuda_stream)
+    if status: raise RuntimeError(f"the CUDA attention kernel refused the launch: {_CUDA_STATUS.get(status, status)}")
+    return o, lse
+
+def cuda_self_test(forward, device) -> str|None:
+    "Run `forward` (the kernel) against float32 SDPA on small inputs on `device`: None if it agrees, else what went wrong."
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16):
+        for D in (64, 128):
+            for causal in (True, False):
+                q, k, v = (torch.randn(2, n, 77, D, generator=g).to(device, dtype) for n in (4, 2, 2))   # GQA 2:1, ragged length
+                scale = 1 / math.sqrt(D)
+                o, lse = forward(q, k, v, causal, scale)
+                k2, v2 = (t.float().repeat_interleave(2, 1) for t in (k, v))
+                ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k2, v2, is_causal=causal)
+                s = (q.float() @ k2.transpose(-1, -2)) * scale
+                if causal: s = s.masked_fill(torch.ones(77, 77, dtype=torch.bool, device=device).triu(1), float('-inf'))
+                ref_lse = torch.logsumexp(s, -1) * LOG2E
+                # bf16/fp16 inputs, P rounded before P V, output rounded: ~2^-8 (bf16) or 2^-11 (fp16) relative, with margin
+                tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+                err, lse_err = float((o.float() - ref).abs().max()), float((lse - ref_lse).abs().max())
+                if not (err < tol and lse_err < 1e-2):
+                    return f"{dtype}, head_dim {D}, causal={causal}: max error {err:.3g} (bound {tol}), lse error {lse_err:.3g}"
+    return None
+
+@attention_backends.register('cuda', overwrite=True)
+def cuda_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):
+    "The CUDA C++ tensor-core kernel of `kernels/flash_attn_fwd.cu` (inference: no backward, no mask); self-tested on first use."
+    if mask is not None: raise ValueError("the 'cuda' backend takes no mask; use 'triton' for padded batches")
+    if q.dtype not in (torch.float16, torch.bfloat16): raise TypeError(f"the 'cuda' backend runs fp16 or bf16, got {q.dtype}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):   # else training would silently get no gradient
+        raise RuntimeError("the 'cuda' backend has no backward, and q, k or v requires grad: train with the 'triton' or 'sdpa' "
+                           "backend, or run inference under torch.no_grad()")
+    _load_cuda_library()
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if device not in _cuda_self_tests:
+        with torch.no_grad(): _cuda_self_tests[device] = cuda_self_test(_cuda_forward, q.device)
+    if _cuda_self_tests[device] is not None:
+        raise RuntimeError(f"the 'cuda' attention kernel failed its self-test on {torch.cuda.get_device_name(device)} "
+                           f"({_cuda_self_tests[device]}): use 'triton' or 'sdpa', and rebuild with `make kernels`")
+    return _cuda_forward(q, k, v, causal, 1 / math.sqrt(q.shape[-1]) if scale is None else scale)[0]
 
 @attention_backends.register('flash_attn', overwrite=True)
 def flash_attn_attention(q, k, v, *, causal:bool=True, mask=None, scale=None):

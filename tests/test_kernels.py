@@ -415,15 +415,25 @@ def test_gpu_script_dry_run_runs_every_phase(tmp_path):
     assert [row['backend'] for row in rows if row['phase'] == 'train'] == ['sdpa', 'triton']
 
 
-def test_cuda_kernel_compiles_for_sm80_and_sm90a_without_spills(tmp_path):
-    import shutil
+def test_cuda_kernel_compiles_for_sm80_and_sm90a_on_tensor_cores_without_spills(tmp_path):
+    "The CUDA C++ kernel: nvcc for sm_80 and sm_90a, no spills; its machine code has tensor-core MMAs, ldmatrix and cp.async."
+    import re, shutil
     if shutil.which('nvcc') is None: pytest.skip('nvcc is not installed')
     src = Path(__file__).parent.parent / 'kernels' / 'flash_attn_fwd.cu'
+    lib = tmp_path / 'lib.so'
     r = subprocess.run(['nvcc', '-O3', '-shared', '-Xcompiler', '-fPIC', '-gencode=arch=compute_80,code=sm_80',
-                        '-gencode=arch=compute_90a,code=sm_90a', '-Xptxas', '-v', '-o', str(tmp_path / 'lib.so'), str(src)],
+                        '-gencode=arch=compute_90a,code=sm_90a', '-Xptxas', '-v', '-o', str(lib), str(src)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    import re
     spills = [int(x) for x in re.findall(r'(\d+) bytes spill (?:stores|loads)', r.stderr)]
     assert len(spills) == 16 and not any(spills), r.stderr[-3000:]   # 2 archs x 2 dtypes x 2 head dims x (stores, loads)
-    assert (tmp_path / 'lib.so').stat().st_size > 0
+    # the disassembler: the CUDA toolkit's, or the copy Triton ships
+    cuobjdump = shutil.which('cuobjdump') or str(Path(K.triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'cuobjdump')
+    sass = subprocess.run([cuobjdump, '-sass', str(lib)], capture_output=True, text=True, timeout=300).stdout
+    kernels = sass.split('Function : ')[1:]
+    assert len(kernels) == 8, f'{len(kernels)} kernels disassembled'
+    for code in kernels:
+        name = code.split('\n', 1)[0]
+        assert re.search(r'\bHMMA\.16816\.F32', code), f'{name}: no tensor-core MMA (HMMA.16816)'
+        assert 'LDSM' in code and 'LDGSTS' in code, f'{name}: no ldmatrix (LDSM) or cp.async (LDGSTS)'
+        assert not re.search(r'\b(LDL|STL)\b', code), f'{name}: local-memory loads/stores (spills)'
