@@ -34,11 +34,11 @@ from .model import MLP, Attention, RMSNorm
 
 # %% auto #0
 __all__ = ['LOG2E', 'FWD_CONFIGS', 'DKDV_CONFIGS', 'DQ_CONFIGS', 'FP32_CONFIGS', 'attn_fwd_kernel', 'attn_dkdv_kernel',
-           'attn_dq_kernel', 'DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS', 'KERNELS', 'CUDA_LIBRARY',
-           'usable_configs', 'length_bucket', 'attention_forward', 'head_splits', 'attention_backward',
-           'FlashAttention', 'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits', 'attention_decode',
-           'triton_attention', 'register_with_transformers', 'row_warps', 'rms_norm', 'rotary', 'swiglu',
-           'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP', 'apply_kernels',
+           'attn_dq_kernel', 'GRID_Y_LIMIT', 'INT32_ROWS', 'DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS',
+           'KERNELS', 'CUDA_LIBRARY', 'usable_configs', 'length_bucket', 'attention_forward', 'head_splits',
+           'attention_backward', 'FlashAttention', 'flash_attention', 'doc_ids_from_cu_seqlens', 'decode_splits',
+           'attention_decode', 'triton_attention', 'register_with_transformers', 'row_warps', 'rms_norm', 'rotary',
+           'swiglu', 'fused_linear_cross_entropy', 'TritonRMSNorm', 'TritonRopeAttention', 'SwiGLUMLP', 'apply_kernels',
            'fused_causal_lm_loss', 'cuda_self_test', 'cuda_attention', 'flash_attn_attention']
 
 # %% ../nbs/05_kernels.ipynb #a712c6f1
@@ -366,13 +366,23 @@ def _run(kernel, grid, args:dict, config=None):
     kernel.fn[grid](**args, **config.all_kwargs())
 
 
+GRID_Y_LIMIT = 65535      # CUDA's limit on a grid's second axis, which holds batch x heads
+INT32_ROWS = 2**31 - 1    # the log-sum-exp rows (batch x heads x queries) are indexed in int32: int64 costs registers
+
+def _batch_slices(B:int, H:int, Tq:int) -> list[slice]:
+    "Slices of the batch small enough for one launch; more than one when batch x heads (x queries) exceeds a limit above."
+    per = min(GRID_Y_LIMIT // H, INT32_ROWS // (H * Tq))
+    if per < 1: raise ValueError(f"{H} heads x {Tq} queries do not fit one launch of the triton backend even at batch 1")
+    return [slice(b, min(B, b + per)) for b in range(0, B, per)]
+
+def _batch_part(t, sl, ndim_with_batch:int):
+    "Batch slice `sl` of an optional mask (batch dim from 3 dims on) or doc_ids (from 2): one broadcast over the batch stays whole."
+    return t if t is None or t.ndim < ndim_with_batch or t.shape[0] == 1 else t[sl]
+
+
 def _prepare(q, k, v, mask, doc_ids):
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    if B * H > 65535:   # batch x heads is the grid's second axis, which CUDA limits to 65,535 (folding it in spills registers)
-        raise ValueError(f"the triton backend runs at most 65,535 (batch x heads) at once, got {B} x {H} = {B * H}: split the batch")
-    if B * H * Tq >= 2**31:   # the log-sum-exp rows are indexed in int32 (int64 there costs the widest config its registers)
-        raise ValueError(f"the triton backend indexes batch x heads x queries in int32, got {B} x {H} x {Tq}: split the batch")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if mask is not None:
         if mask.dtype != torch.bool: raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
@@ -396,8 +406,13 @@ def attention_forward(q, k, v, *, causal=True, scale=None, window=None, mask=Non
     B, H, Tq, D = q.shape
     KVH, Tk = k.shape[1], k.shape[2]
     scale = 1 / math.sqrt(D) if scale is None else scale
-    q, k, v, margs, sargs = _prepare(q, k, v, mask, doc_ids)
     o, lse = out if out is not None else (torch.empty_like(q), torch.empty((B, H, Tq), device=q.device, dtype=torch.float32))
+    if len(slices := _batch_slices(B, H, Tq)) > 1:   # more than one launch holds: one launch per slice of the batch
+        for sl in slices:
+            attention_forward(q[sl], k[sl], v[sl], causal=causal, scale=scale, window=window, mask=_batch_part(mask, sl, 3),
+                              doc_ids=_batch_part(doc_ids, sl, 2), config=config, out=(o[sl], lse[sl]))
+        return o, lse
+    q, k, v, margs, sargs = _prepare(q, k, v, mask, doc_ids)
     args = dict(Q=q, K=k, V=v, O=o, LSE=lse, **margs, **sargs,
                 sqb=q.stride(0), sqh=q.stride(1), sqt=q.stride(2), skb=k.stride(0), skh=k.stride(1), skt=k.stride(2),
                 svb=v.stride(0), svh=v.stride(1), svt=v.stride(2), sob=o.stride(0), soh=o.stride(1), sot=o.stride(2),
@@ -422,6 +437,12 @@ def attention_backward(do, q, k, v, o, lse, *, causal=True, scale=None, window=N
     "Gradients `(dq, dk, dv)` of flash attention, recomputing the probabilities block by block."
     B, H, Tq, D = q.shape
     KVH, Tk = k.shape[1], k.shape[2]
+    if len(slices := _batch_slices(B, H, Tq)) > 1:   # one launch per slice of the batch, as in the forward
+        parts = [attention_backward(do[sl], q[sl], k[sl], v[sl], o[sl], lse[sl], causal=causal, scale=scale, window=window,
+                                    mask=_batch_part(mask, sl, 3), doc_ids=_batch_part(doc_ids, sl, 2), deterministic=deterministic,
+                                    configs=configs, out=None if out is None else tuple(t if t is None else t[sl] for t in out),
+                                    n_head_splits=n_head_splits) for sl in slices]
+        return tuple(torch.cat(grads) for grads in zip(*parts))
     n_head_splits = n_head_splits or head_splits(B, H, KVH, Tk, q.device)
     if (H // KVH) % n_head_splits: raise ValueError(f"n_head_splits={n_head_splits} must divide the {H // KVH} query heads per key/value head")
     scale = 1 / math.sqrt(D) if scale is None else scale
@@ -576,6 +597,12 @@ def attention_decode(q, k, v, *, causal=True, scale=None, window=None, mask=None
         raise ValueError(f"attention_decode holds at most {DECODE_MAX_ROWS} (query heads per key head x queries), got "
                          f"{H // KVH} x {Tq}: use attention_forward")
     scale = 1 / math.sqrt(D) if scale is None else scale
+    o, lse = out if out is not None else (torch.empty_like(q), torch.empty((B, H, Tq), device=q.device, dtype=torch.float32))
+    if len(slices := _batch_slices(B, H, Tq)) > 1:   # one launch per slice of the batch, as in the forward
+        for sl in slices:
+            attention_decode(q[sl], k[sl], v[sl], causal=causal, scale=scale, window=window, mask=_batch_part(mask, sl, 3),
+                             n_splits=n_splits, config=config, out=(o[sl], lse[sl]))
+        return o, lse
     q, k, v, margs, _ = _prepare(q, k, v, mask, None)
     n_splits = n_splits or decode_splits(B, KVH, Tk, q.device)
     chunk = triton.cdiv(triton.cdiv(Tk, n_splits), 128) * 128                # a multiple of every config's BLOCK_N
@@ -590,7 +617,6 @@ def attention_decode(q, k, v, *, causal=True, scale=None, window=None, mask=None
                 CAUSAL=causal, WINDOW=window is not None, HAS_MASK=mask is not None,
                 PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
     _run(attn_decode_kernel, (n_splits, B * KVH), args, config)
-    o, lse = out if out is not None else (torch.empty_like(q), torch.empty((B, H, Tq), device=q.device, dtype=torch.float32))
     _attn_decode_combine[(B * H * Tq,)](o_part, lse_part, o, lse, o.stride(0), o.stride(1), o.stride(2), H, Tq, n_splits,
                                        D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_S=max(2, triton.next_power_of_2(n_splits)))
     return o, lse

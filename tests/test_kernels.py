@@ -167,6 +167,22 @@ def test_masked_and_unmasked_blocks_agree_with_float64_for_every_config(case):
             assert_close(g, r, atol=1e-4, what=f'd{name}, configs {dkdv} / {dq}')
 
 
+@pytest.mark.parametrize('limit', ['GRID_Y_LIMIT', 'INT32_ROWS'])
+def test_batches_past_one_launch_run_as_slices_with_the_same_bits(monkeypatch, limit):
+    "Past 65,535 (batch x heads) or 2^31 log-sum-exp rows, one launch per slice of the batch: shown with the limits lowered."
+    q, k, v, do = inputs(3, 4, 2, 29, 29, 64, torch.float32, seed=7)
+    mask = torch.rand(3, 1, 29, 29, generator=torch.Generator().manual_seed(8)).to(DEVICE) > 0.2
+    whole = [K.flash_attention(q, k, v, mask=mask)]
+    whole += torch.autograd.grad(whole[0], (q, k, v), do)
+    monkeypatch.setattr(K, limit, 5 if limit == 'GRID_Y_LIMIT' else 4 * 29)   # one batch entry per launch
+    sliced = [K.flash_attention(q, k, v, mask=mask)]
+    sliced += torch.autograd.grad(sliced[0], (q, k, v), do)
+    for name, a, b in zip(('output', 'dq', 'dk', 'dv'), sliced, whole):
+        assert torch.equal(a, b), f'{name}: sliced launches differ from one launch'   # the same sums in the same order
+    monkeypatch.setattr(K, limit, 3)
+    with pytest.raises(ValueError, match='even at batch 1'): K.flash_attention(q, k, v)
+
+
 def test_mqa_backward_split_over_query_heads_matches_float64():
     "Multi-query attention (8 query heads, 1 key/value head): dK/dV split over 1, 2 or 8 programs per key block agree."
     q, k, v, do = inputs(1, 8, 1, 50, 50, 64, torch.float32, seed=6)

@@ -148,7 +148,7 @@ def main(argv=None):
         for row in pool.imap(_compile_case, range(len(CASES))):
             rows.append(row); print(json.dumps(row), flush=True)
     failures = sum(bool(r['problems']) for r in rows)
-    print(f"\n| kernel | variant | D | causal | block | warps | stages | dots | wgmma | reg. transposes | TMA | cp.async | shared KB | regs | spills | problems |")
+    print("\n| kernel | variant | D | causal | block | warps | stages | dots | wgmma | reg. transposes | TMA | cp.async | shared KB | regs | spills | problems |")
     print('|' + '---|' * 16)
     for r in rows:
         c = r['constexprs']
