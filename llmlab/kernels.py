@@ -26,6 +26,16 @@ def _interpret_language():
     for module in (tl, tl.standard, tl.math):
         for name, obj in list(vars(module).items()):
             if isinstance(obj, JITFunction) and not isinstance(obj, InterpretedFunction): setattr(module, name, InterpretedFunction(obj.fn))
+    # Triton 3.6's interpreter turns a scalar into an int (a loop bound) with int() of a 1-element array, which NumPy 2.4
+    # refuses: read the element instead (Triton 3.9 does)
+    from triton.runtime import interpreter
+    if hasattr(interpreter, '_patch_lang_tensor') and not getattr(interpreter._patch_lang_tensor, 'llmlab', False):
+        patch = interpreter._patch_lang_tensor
+        def patched(tensor, scope):
+            patch(tensor, scope)
+            scope.set_attr(tensor, '__index__', lambda self: int(self.handle.data.reshape(-1)[0]))
+        patched.llmlab = True
+        interpreter._patch_lang_tensor = patched
 
 if os.environ.get('TRITON_INTERPRET', '0') == '1': _interpret_language()
 
