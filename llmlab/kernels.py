@@ -117,14 +117,17 @@ def _load_tile(ptrs, in_rows, in_cols, ROWS_MAY_END: tl.constexpr, EVEN_COLS: tl
 
 
 @triton.jit
-def _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b, MASK, smb, smq, smk,
-                QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr, MASKED: tl.constexpr,
-                PRECISION: tl.constexpr):
+def _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, k_desc, v_desc, b32, kvh, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b,
+                MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+                TMA: tl.constexpr):
     "The online softmax over the key blocks [start, stop): MASKED ones pay for `_allowed`, the others need no mask at all."
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kt = _load_tile(kbase + offs_n[None, :] * skt + offs_d[:, None], offs_n[None, :] < Tk, d_ok[:, None], MASKED, BLOCK_D == D)
+        if TMA:   # the tensor memory accelerator copies the tile; rows past the keys arrive as zeros
+            kt = tl.trans(k_desc.load([b32, kvh, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+        else: kt = _load_tile(kbase + offs_n[None, :] * skt + offs_d[:, None], offs_n[None, :] < Tk, d_ok[:, None], MASKED, BLOCK_D == D)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale             # log2 units: exp2 below
         if MASKED:
             ok = _allowed(offs_m[:, None], offs_n[None, :], Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, window, CAUSAL, WINDOW, HAS_MASK, HAS_SEG)
@@ -134,7 +137,8 @@ def _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, start, stop, offs_m, offs_d, d_o
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(vbase + offs_n[:, None] * svt + offs_d[None, :], offs_n[:, None] < Tk, d_ok[None, :], MASKED, BLOCK_D == D)
+        if TMA: v = v_desc.load([b32, kvh, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        else: v = _load_tile(vbase + offs_n[:, None] * svt + offs_d[None, :], offs_n[:, None] < Tk, d_ok[None, :], MASKED, BLOCK_D == D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -147,10 +151,15 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, QSEG, KSEG,
               H, GROUP, Tq, Tk, qk_scale, window, tq_bucket, tk_bucket,
               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SEG: tl.constexpr,
-              PRECISION: tl.constexpr):
+              PRECISION: tl.constexpr, TMA_OK: tl.constexpr = False, TMA: tl.constexpr = False):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), bh % H                    # int64: b * sqb passes 2^31 on large batches
     kvh = h // GROUP
+    if TMA:   # descriptors of the (batch, key heads, keys, head dim) tensors: the TMA unit computes the addresses
+        n_batch = tl.num_programs(1) // H
+        k_desc = tl.make_tensor_descriptor(K, shape=[n_batch, H // GROUP, Tk, D], strides=[skb, skh, skt, 1], block_shape=[1, 1, BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V, shape=[n_batch, H // GROUP, Tk, D], strides=[svb, svh, svt, 1], block_shape=[1, 1, BLOCK_N, BLOCK_D])
+    else: k_desc, v_desc = K, V
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
@@ -165,9 +174,9 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, QSEG, KSEG,
     # with an explicit mask or documents every block is masked (one loop: three would only cost registers)
     for stage in tl.static_range(1 if HAS_MASK or HAS_SEG else 3):
         start, stop = (lo, hi if HAS_MASK or HAS_SEG else full_lo) if stage == 0 else ((full_lo, full_hi) if stage == 1 else (full_hi, hi))
-        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, start, stop, offs_m, offs_d, d_ok, Tq, Tk, b,
-                                    MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window, D, BLOCK_D,
-                                    BLOCK_N, CAUSAL, WINDOW, HAS_MASK, HAS_SEG, stage != 1, PRECISION)
+        acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, kbase, vbase, k_desc, v_desc, (bh // H), kvh, start, stop, offs_m, offs_d,
+                                    d_ok, Tq, Tk, b, MASK, smb, smq, smk, QSEG, KSEG, sqsb, sksb, skt, svt, qk_scale, window,
+                                    D, BLOCK_D, BLOCK_N, CAUSAL, WINDOW, HAS_MASK, HAS_SEG, stage != 1, PRECISION, TMA)
     empty = l_i == 0.0                                                       # no allowed key at all: output 0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float('inf'), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
@@ -334,8 +343,11 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK, QSEG, KSEG,
 # %% ../nbs/05_kernels.ipynb #73c5d99a
 # Launch configurations: the autotuner picks among those a launch can use (`usable_configs`); tests run each through `kernel.fn`.
 # Every one compiles for sm_90 with all its dots on wgmma and no register spills (tools/check_hopper.py checks it).
-def _cfg(m, n, warps, stages): return triton.Config({'BLOCK_M': m, 'BLOCK_N': n}, num_warps=warps, num_stages=stages)
-FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4)]
+def _cfg(m, n, warps, stages, **extra): return triton.Config({'BLOCK_M': m, 'BLOCK_N': n, **extra}, num_warps=warps, num_stages=stages)
+FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4),
+               # Hopper: keys and values through TMA descriptors. Not shipped: 128x128 through TMA (Triton 3.6's ptxas
+               # crashes on it) and a warp-specialized interior loop (Triton 3.6's and 3.9's compilers fail on it)
+               _cfg(128, 64, 8, 3, TMA=True)]
 DKDV_CONFIGS = [_cfg(32, 128, 8, 2), _cfg(16, 128, 8, 2), _cfg(16, 64, 8, 2)]   # 128 or 64 keys per program
 DQ_CONFIGS = [_cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 3)]
 # float32 inputs compute their dots in IEEE float32 (`precision='ieee'`: as exact as the reference, no tensor cores) on
@@ -351,7 +363,8 @@ def _usable(which:str):
         if args.get('HAS_MASK'): limit = 4096 if which == 'dq' else 2048          # the mask tile, bytes and booleans
         if which == 'dkdv' and (args.get('WINDOW') or args['D'] > 64): limit = 2048   # a window's two edges; wide heads
         if which == 'dkdv' and args.get('ATOMIC_DQ') and args['D'] > 64: limit = 1024   # dQ's tile beside dK's and dV's
-        return [c for c in configs if not any(c is f for f in FP32_CONFIGS[which]) and c.kwargs['BLOCK_M'] * c.kwargs['BLOCK_N'] <= limit]
+        return [c for c in configs if not any(c is f for f in FP32_CONFIGS[which]) and c.kwargs['BLOCK_M'] * c.kwargs['BLOCK_N'] <= limit
+                and (args.get('TMA_OK') or not c.kwargs.get('TMA'))]   # TMA: sm_90+, 16-byte aligned strides
     return prune
 
 def usable_configs(kernel, args:dict) -> list:
@@ -363,7 +376,7 @@ def usable_configs(kernel, args:dict) -> list:
 # else), a 4k-token generation tunes about a dozen times.
 _KEY = ['tq_bucket', 'tk_bucket', 'D', 'CAUSAL', 'WINDOW', 'HAS_MASK', 'HAS_SEG', 'PRECISION']
 def length_bucket(n:int) -> int: return max(16, triton.next_power_of_2(n))
-attn_fwd_kernel = triton.autotune(FWD_CONFIGS + FP32_CONFIGS['fwd'], key=_KEY, prune_configs_by={'early_config_prune': _usable('fwd')})(_attn_fwd)
+attn_fwd_kernel = triton.autotune(FWD_CONFIGS + FP32_CONFIGS['fwd'], key=_KEY + ['TMA_OK'], prune_configs_by={'early_config_prune': _usable('fwd')})(_attn_fwd)
 attn_dkdv_kernel = triton.autotune(DKDV_CONFIGS + FP32_CONFIGS['dkdv'], key=_KEY + ['ATOMIC_DQ'], reset_to_zero=['DQ'],
                                    prune_configs_by={'early_config_prune': _usable('dkdv')})(_attn_bwd_dkdv)
 attn_dq_kernel = triton.autotune(DQ_CONFIGS + FP32_CONFIGS['dq'], key=_KEY, prune_configs_by={'early_config_prune': _usable('dq')})(_attn_bwd_dq)
@@ -411,6 +424,20 @@ def _prepare(q, k, v, mask, doc_ids):
 
 
 
+_tma_allocator = None
+
+def _tma_ok(*ts) -> bool:
+    "Whether TMA descriptors can read these tensors: a Hopper (sm_90) or newer GPU, 2-byte elements, 16-byte aligned rows."
+    global _tma_allocator
+    if not (ts[0].is_cuda and torch.cuda.get_device_capability(ts[0].device)[0] >= 9 and hasattr(tl, 'make_tensor_descriptor')): return False
+    if not all(t.dtype in (torch.float16, torch.bfloat16) and t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1]) for t in ts):
+        return False
+    if _tma_allocator is None:   # descriptors built on the device need a little global scratch memory
+        _tma_allocator = lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device='cuda')
+        triton.set_allocator(_tma_allocator)
+    return True
+
+
 def attention_forward(q, k, v, *, causal=True, scale=None, window=None, mask=None, doc_ids=None, config=None, out=None):
     "Flash attention forward: the output `(B, H, Tq, D)` and the log2-sum-exp of each query's scores `(B, H, Tq)`, float32."
     B, H, Tq, D = q.shape
@@ -429,7 +456,8 @@ def attention_forward(q, k, v, *, causal=True, scale=None, window=None, mask=Non
                 H=H, GROUP=H // KVH, Tq=Tq, Tk=Tk, qk_scale=scale * LOG2E, window=window or 0,
                 tq_bucket=length_bucket(Tq), tk_bucket=length_bucket(Tk),
                 D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal, WINDOW=window is not None,
-                HAS_MASK=mask is not None, HAS_SEG=doc_ids is not None, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+                HAS_MASK=mask is not None, HAS_SEG=doc_ids is not None, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32',
+                TMA_OK=_tma_ok(k, v))
     _run(attn_fwd_kernel, lambda meta: (triton.cdiv(Tq, meta['BLOCK_M']), B * H), args, config)
     return o, lse
 

@@ -394,6 +394,10 @@ def test_every_triton_config_compiles_for_hopper_without_spills():
                        cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count('"kernel"') >= 100 and ', 0 with problems' in r.stdout
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"kernel"')]
+    tma = [row for row in rows if row['constexprs'].get('TMA')]
+    # its copies really go through the TMA unit (with packed documents, their ids still come by cp.async)
+    assert tma and all(row['tma'] > 0 for row in tma) and all(row['cp_async'] == 0 for row in tma if row['variant'].startswith('plain'))
 
 
 REPORT_PROBE = """

@@ -7,7 +7,7 @@ the same way (`--unaligned` compiles without it, as a launch with odd strides or
 
 Per kernel it prints one JSON line: the dots in the source and how many became wgmma (Hopper's warpgroup MMA) or stayed
 mma.sync/FMA, register transposes (`tt.trans` of a value held in registers: a round trip through shared memory every
-iteration), TMA operations, cp.async copies, pipeline stages, shared memory, registers and spill bytes (from ptxas).
+iteration), TMA copies (cp.async.bulk.tensor in the PTX), cp.async copies, pipeline stages, shared memory, registers and spill bytes (from ptxas).
 Then a table. Exits 1 if any kernel uses more than 227 KB of shared memory, spills registers, or has an attention dot in
 bf16/fp16 (or fp32 with tf32) that is not on wgmma.
 
@@ -47,6 +47,8 @@ def signature(fn, constexprs:dict, dtype:str, aligned:bool, fp32_pointers=()):
 
 
 def compile_one(fn, constexprs:dict, num_warps:int, num_stages:int, dtype:str='bf16', aligned:bool=True, fp32_pointers=()):
+    # constexpr parameters a config leaves out take their defaults, as in a launch
+    constexprs = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **constexprs}
     sig, attrs = signature(fn, constexprs, dtype, aligned, fp32_pointers)
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     return triton.compile(src, target=TARGET, options=dict(num_warps=num_warps, num_stages=num_stages))
@@ -78,13 +80,18 @@ def report(k) -> dict:
     ttir, ttgir, ptx = ops(k.asm['ttir']), ops(k.asm['ttgir']), k.asm['ptx']
     return {'dots': ttir['tt.dot'], 'wgmma': ttgir['ttng.warp_group_dot'], 'not_wgmma': ttgir['tt.dot'],
             'register_transposes': ttgir['tt.trans'],
-            'tma': sum(n for op, n in ttgir.items() if 'tma' in op or 'descriptor' in op),
+            'tma': ptx.count('cp.async.bulk.tensor'),
             'cp_async': ttgir['ttg.async_copy_global_to_local'], 'shared': k.metadata.shared, **ptxas_usage(ptx)}
 
 
 def _attention(D, causal, dtype='bf16', **variant):
     return dict(D=D, BLOCK_D=D, CAUSAL=causal, WINDOW=variant.get('window', False), HAS_MASK=variant.get('mask', False),
                 HAS_SEG=variant.get('docs', False), PRECISION='ieee' if dtype == 'fp32' else 'tf32')
+
+
+def _with_tma(kernel, args:dict, dtype:str) -> dict:
+    "A launch on an H100 of aligned 2-byte tensors may use the TMA configs: the forward kernel is told so (TMA_OK)."
+    return {**args, 'TMA_OK': dtype != 'fp32'} if 'TMA_OK' in kernel.fn.arg_names else args
 
 
 def cases(full=False):
@@ -100,7 +107,7 @@ def cases(full=False):
                     base = _attention(D, causal, dtype, window=variant == 'window', mask=variant == 'mask', docs=variant == 'docs')
                     for name, kernel in kernels:
                         if variant == 'atomic dQ' and name != 'attn_bwd_dkdv': continue
-                        args = {**base, **({'ATOMIC_DQ': variant == 'atomic dQ'} if name == 'attn_bwd_dkdv' else {})}
+                        args = _with_tma(kernel, {**base, **({'ATOMIC_DQ': variant == 'atomic dQ'} if name == 'attn_bwd_dkdv' else {})}, dtype)
                         for c in K.usable_configs(kernel, args):
                             # IEEE float32 dots have no tensor-core form; atomic dQ accumulates into a float32 buffer
                             yield (name, kernel.fn, {**args, **c.kwargs}, c, dtype, ('DQ',) if variant == 'atomic dQ' else (),
@@ -130,7 +137,7 @@ def _compile_case(i:int) -> dict:
                ([f"{r['spill_bytes']} bytes of register spills"] if r['spill_bytes'] else []) + \
                ([f"{r['dots'] - r['wgmma']} of {r['dots']} dots not on wgmma"] if needs_wgmma and r['wgmma'] < r['dots'] else [])
     return {'kernel': name, 'variant': variant,
-            'constexprs': {k: v for k, v in constexprs.items() if k in ('D', 'CAUSAL', 'BLOCK', 'BLOCK_M', 'BLOCK_N', 'BLOCK_R')},
+            'constexprs': {k: v for k, v in constexprs.items() if k in ('D', 'CAUSAL', 'BLOCK', 'BLOCK_M', 'BLOCK_N', 'BLOCK_R', 'TMA', 'WARP_SPEC')},
             'num_warps': config.num_warps, 'num_stages': config.num_stages, **r, 'problems': problems}
 
 
@@ -152,7 +159,7 @@ def main(argv=None):
     print('|' + '---|' * 16)
     for r in rows:
         c = r['constexprs']
-        block = f"{c['BLOCK_M']}x{c['BLOCK_N']}" if 'BLOCK_M' in c else f"{c['BLOCK_R']}x{c['BLOCK_N']}" if 'BLOCK_R' in c else str(c.get('BLOCK', ''))
+        block = f"{c['BLOCK_M']}x{c['BLOCK_N']}" + (' TMA' if c.get('TMA') else '') + (' WS' if c.get('WARP_SPEC') else '') if 'BLOCK_M' in c else f"{c['BLOCK_R']}x{c['BLOCK_N']}" if 'BLOCK_R' in c else str(c.get('BLOCK', ''))
         print(f"| {r['kernel']} | {r['variant']} | {c.get('D', '')} | {c.get('CAUSAL', '')} | {block} | {r['num_warps']} | {r['num_stages']} "
               f"| {r['dots']} | {r['wgmma']} | {r['register_transposes']} | {r['tma']} | {r['cp_async']} | {r['shared'] / 1024:.0f} "
               f"| {r['registers']} | {r['spill_bytes']} | {'; '.join(r['problems']) or 'ok'} |")
