@@ -427,15 +427,13 @@ def _prepare(q, k, v, mask, doc_ids):
 _tma_allocator = None
 
 def _tma_ok(*ts) -> bool:
-    "Whether TMA descriptors can read these tensors: a Hopper (sm_90) or newer GPU, 2-byte elements, 16-byte aligned rows."
+    "Whether the autotuner may offer TMA configs: a Hopper (sm_90) or newer GPU, 2-byte elements, 16-byte aligned rows."
     global _tma_allocator
     if not (ts[0].is_cuda and torch.cuda.get_device_capability(ts[0].device)[0] >= 9 and hasattr(tl, 'make_tensor_descriptor')): return False
-    if not all(t.dtype in (torch.float16, torch.bfloat16) and t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1]) for t in ts):
-        return False
-    if _tma_allocator is None:   # descriptors built on the device need a little global scratch memory
+    if _tma_allocator is None:   # descriptors built on the device need a little global scratch memory (also for a TMA config named by hand)
         _tma_allocator = lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device='cuda')
         triton.set_allocator(_tma_allocator)
-    return True
+    return all(t.dtype in (torch.float16, torch.bfloat16) and t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1]) for t in ts)
 
 
 def attention_forward(q, k, v, *, causal=True, scale=None, window=None, mask=None, doc_ids=None, config=None, out=None):
