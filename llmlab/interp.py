@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/interp.html.md"""
 
 # %% ../nbs/11_interp.ipynb #8321523f
 from __future__ import annotations
-import contextlib, copy, json, math, warnings, weakref
+import contextlib, copy, functools, json, math, warnings, weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -16,15 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attention import attention_backends, repeat_kv
+from .core import UnknownNameError, _did_you_mean
 from .model import Llama, apply_rotary
 
 # %% auto #0
-__all__ = ['act_name', 'hook_names', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge', 'run_with_cache',
-           'run_with_hooks', 'unembed', 'n_layers', 'LogitLens', 'logit_lens', 'previous_token_score',
+__all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge',
+           'run_with_cache', 'run_with_hooks', 'unembed', 'n_layers', 'LogitLens', 'logit_lens', 'previous_token_score',
            'first_token_score', 'induction_score', 'repeated_random_tokens', 'head_scores', 'induction_scores',
            'attention_pattern', 'plot_heatmap', 'plot_attention', 'Attribution', 'direct_logit_attribution', 'Probe',
            'train_probe', 'probe_layers', 'patch_residual', 'patch_heads', 'normalized_recovery', 'logit_diff_metric',
-           'steering', 'save_result']
+           'attribution_patch', 'steering', 'save_result']
 
 # %% ../nbs/11_interp.ipynb #2acbd835
 _BLOCK = {'resid_pre': 'hook_resid_pre', 'resid_mid': 'hook_resid_mid', 'resid_post': 'hook_resid_post',
@@ -53,6 +54,17 @@ def hook_names(n_layers:int) -> list[str]:
     return (['hook_embed'] + [f'blocks.{i}.{n}' for i in range(n_layers) for n in per_block]
             + ['ln_final.hook_scale', 'ln_final.hook_normalized'])
 
+@functools.lru_cache(maxsize=None)
+def _hook_set(n_layers:int) -> frozenset: return frozenset(hook_names(n_layers))
+
+def check_hook_name(model, name:str) -> str:
+    "`name` if `model` (an llmlab model, or a model with `n_layers` blocks) has that hook point; else an error naming the closest one."
+    L = model if isinstance(model, int) else model.config.num_hidden_layers
+    if name not in _hook_set(L):
+        raise UnknownNameError(f"{name!r} is not a hook point of this {L}-block model.{_did_you_mean(name, hook_names(L))} "
+                               f"hook_names({L}) lists them all; act_name('resid_pre', 3) builds one.")
+    return name
+
 # %% ../nbs/11_interp.ipynb #8597d2e6
 class HookPoint:
     "What a hook function receives besides the tensor, as in TransformerLens: the point's `name` and `layer()`."
@@ -62,10 +74,12 @@ class HookPoint:
 
 def _rms(x:Tensor, eps:float) -> Tensor: return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
-@torch.no_grad()
 def hooked_forward(model:Llama, input_ids:Tensor, hook:Callable[[str, Tensor], Tensor], wants:Callable[[str], bool],
-                   attention_mask:Tensor|None=None, stop_at_layer:int|None=None) -> Tensor|None:
-    "Logits of `model`, calling `hook(name, x)` at every hook point `wants(name)` accepts."
+                   attention_mask:Tensor|None=None, stop_at_layer:int|None=None, grad:bool=False) -> Tensor|None:
+    "Logits of `model`, calling `hook(name, x)` at every hook point `wants(name)` accepts (autograd off unless `grad`)."
+    with torch.set_grad_enabled(grad): return _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer)
+
+def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer):
     def point(name, x): return hook(name, x) if wants(name) else x
     def norm(prefix, mod, x):
         if not (wants(prefix + 'hook_scale') or wants(prefix + 'hook_normalized')): return mod(x)
@@ -123,6 +137,11 @@ class ActivationCache(dict):
     @property
     def n_layers(self) -> int: return 1 + max((int(k.split('.')[1]) for k in self if k.startswith('blocks.')), default=-1)
 
+def _named(names_filter) -> list[str]:
+    "The hook names a filter spells out (none for a predicate)."
+    if isinstance(names_filter, str): return [names_filter]
+    return [] if names_filter is None or callable(names_filter) else list(names_filter)
+
 def _name_filter(names_filter) -> Callable[[str], bool]:
     if names_filter is None: return lambda n: True
     if isinstance(names_filter, str): return lambda n: n == names_filter
@@ -154,6 +173,7 @@ def run_with_cache(model, input_ids:Tensor, names_filter=None, attention_mask:Te
     wants = _name_filter(names_filter)
     cache = ActivationCache()
     if _is_llama(model):
+        for name in _named(names_filter): check_hook_name(model, name)
         def record(name, x):
             cache[name] = x.detach().to(device) if device is not None else x.detach()
             return x
@@ -175,6 +195,8 @@ def run_with_hooks(model, input_ids:Tensor, fwd_hooks:Sequence[tuple[str|Callabl
     if not _is_llama(model):
         kw = {} if attention_mask is None else {'attention_mask': attention_mask}
         with torch.no_grad(): return bridge(model).run_with_hooks(input_ids, fwd_hooks=list(fwd_hooks), **kw)
+    for n, _ in fwd_hooks:
+        if isinstance(n, str): check_hook_name(model, n)
     hooks = [(_name_filter(n), fn) for n, fn in fwd_hooks]
     def apply(name, x):
         for match, fn in hooks:
@@ -426,6 +448,25 @@ def logit_diff_metric(answer:int|Sequence[int], wrong:int|Sequence[int], positio
         n = len(a.view(-1))
         return last[rows, a.view(-1).repeat(len(last) // n)] - last[rows, w.view(-1).repeat(len(last) // n)]
     return metric
+
+# %% ../nbs/11_interp.ipynb #4398e54b
+def attribution_patch(model:Llama, clean:Tensor, corrupted:Tensor, metric:Callable[[Tensor], Tensor], activation:str='resid_pre') -> Tensor:
+    "First-order estimate of activation patching, `(layers, positions)` (or `(layers, heads)` for 'z'), from two forwards and one backward."
+    if not _is_llama(model): raise TypeError("attribution_patch runs on llmlab models; load the checkpoint with llmlab.checkpoints.load_pretrained")
+    if clean.shape != corrupted.shape: raise ValueError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must have the same shape")
+    names = [act_name(activation, l) for l in range(n_layers(model))]
+    _, clean_cache = run_with_cache(model, clean, names_filter=names, device=None)
+    acts = {}
+    def keep(name, x):
+        if not x.requires_grad: x = x.detach().requires_grad_(True)     # a frozen model: the activation becomes a leaf
+        acts[name] = x
+        return x
+    logits = hooked_forward(model, corrupted, keep, set(names).__contains__, grad=True)
+    value = metric(logits).float().mean()
+    grads = torch.autograd.grad(value, [acts[n] for n in names])
+    over = (0, 1, 3) if activation == 'z' else (0, 2)                   # keep heads, or positions
+    change = torch.stack([((clean_cache[n] - acts[n].detach()) * g).float().sum(over) for n, g in zip(names, grads)])
+    return (value.detach() + change).cpu()
 
 # %% ../nbs/11_interp.ipynb #51ab4e95
 @contextlib.contextmanager

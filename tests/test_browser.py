@@ -16,7 +16,7 @@ CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-dev-shm-usage']
 WIDGETS = ['llmlab-generation-playground', 'llmlab-training-monitor', 'llmlab-eval-dashboard', 'llmlab-attention-viewer',
-           'llmlab-logit-lens', 'llmlab-patching-viewer']
+           'llmlab-logit-lens', 'llmlab-patching-viewer', 'llmlab-feature-viewer']
 
 
 def free_port() -> int:
@@ -145,6 +145,7 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             set_slider(widgets['llmlab-attention-viewer'].locator('.widget-slider').first, 3)
             set_slider(widgets['llmlab-logit-lens'].locator('.widget-slider').first, 3)
             widgets['llmlab-patching-viewer'].locator('select').first.select_option(label='mlp_out')
+            widgets['llmlab-feature-viewer'].locator('select').first.select_option(index=1)
             set_slider(widgets['llmlab-generation-playground'].locator('.widget-slider').nth(3), 6)   # max tokens
             widgets['llmlab-generation-playground'].locator('button', has_text='Generate').click()
             page.wait_for_timeout(3000)
@@ -156,7 +157,9 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
                                "'layer': attention.layer.value, 'k': lens.k.value, 'max_tokens': playground.max_tokens.value, "
                                "'generated': len(playground.results['SmolLM2-135M']['ids']), 'pattern_shape': list(attention.pattern().shape), "
                                "'lens_columns': list(lens.top().columns), 'patch': patching.activation.value, "
-                               "'patched': sorted(patching._cache), 'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}, "
+                               "'patched': sorted(patching._cache), 'feature': features.feature.value, "
+                               "'second_feature': features.feature.options[1][1], 'feature_summary': features.summary.value, "
+                               "'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}, "
                                "open('browser_state.json', 'w'))")
             page.keyboard.press('Shift+Enter')
             state_file = work / 'browser_state.json'
@@ -172,3 +175,4 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     assert state['layer'] == 3 and state['k'] == 3 and state['lens_columns'] == ['layer', 'top1', 'top2', 'top3']
     assert state['patch'] == 'mlp_out' and state['patched'] == ['mlp_out', 'resid_pre']   # the dropdown recomputed the heat map
     assert state['max_tokens'] == 6 and 1 <= state['generated'] <= 6
+    assert state['feature'] == state['second_feature'] and f"feature {state['feature']}<" in state['feature_summary']

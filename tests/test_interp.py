@@ -1,4 +1,6 @@
 "llmlab's interpretability tools on SmolLM2 against TransformerLens (TransformerBridge on transformers' model, same weights)."
+import sys
+from pathlib import Path
 import pytest, torch
 from llmlab.core import assert_close
 from llmlab.interp import (bridge, induction_scores, logit_diff_metric, logit_lens, patch_residual, run_with_cache,
@@ -8,6 +10,7 @@ PROMPTS = ["The capital of France is", "When Mary and John went to the store, Jo
            "def add(a, b):\n    return a +", "Water boils at a temperature of"]
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+sys.path.insert(0, str(Path(__file__).parent.parent / 'benchmarks'))     # benchmarks/peers.py: nnsight, the second peer
 
 
 def right_padded(tokenizer, texts):
@@ -100,3 +103,21 @@ def test_residual_patching_equals_transformer_lens_patching_utility(smol, hf_smo
     # and the answer is where the names differ, moving to the last position in the late layers
     s2 = (clean[0] != corrupt[0]).nonzero().item()
     assert ours[0].argmax() == s2 and ours[-1].argmax() == clean.shape[1] - 1
+    # the second peer, nnsight, on the first and last layers (its patched runs batched as one invoke per position)
+    peers = pytest.importorskip('peers', reason='benchmarks/peers.py')
+    lm = peers.language_model(hf_smol, tokenizer)
+    theirs = peers.nnsight_patch_resid_pre(lm, clean, corrupt, metric, layers=[0, 29])
+    # transformers' sdpa forward under nnsight vs llmlab's, batched 14 runs per forward: observed 2.9e-5 on values ~1
+    assert_close(ours[[0, 29]], theirs[[0, 29]], atol=1e-4, what='patch_residual vs nnsight patching')
+
+
+def test_cache_equals_nnsight_at_every_module_boundary(smol, hf_smol, tokenizer):
+    "nnsight reads module inputs and outputs; every llmlab hook point that is one matches it within 1e-4 of its scale."
+    peers = pytest.importorskip('peers', reason='benchmarks/peers.py')
+    ids, _ = right_padded(tokenizer, PROMPTS[:2])
+    theirs = peers.nnsight_cache(peers.language_model(hf_smol, tokenizer), ids)
+    _, ours = run_with_cache(smol, ids, names_filter=list(theirs))
+    assert sorted(ours) == sorted(theirs) and len(theirs) == 30 * len(peers.BLOCK_POINTS)
+    for name, ref in theirs.items():
+        # two float32 implementations of the same model: observed at most 2e-6 of each activation's largest magnitude
+        assert_close(ours[name], ref, atol=1e-4 * ref.abs().max().item(), what=f'{name} vs nnsight')
