@@ -75,11 +75,16 @@ class HookPoint:
 def _rms(x:Tensor, eps:float) -> Tensor: return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 def hooked_forward(model:Llama, input_ids:Tensor, hook:Callable[[str, Tensor], Tensor], wants:Callable[[str], bool],
-                   attention_mask:Tensor|None=None, stop_at_layer:int|None=None, grad:bool=False) -> Tensor|None:
-    "Logits of `model`, calling `hook(name, x)` at every hook point `wants(name)` accepts (autograd off unless `grad`)."
-    with torch.set_grad_enabled(grad): return _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer)
+                   attention_mask:Tensor|None=None, stop_at_layer:int|None=None, grad:bool=False,
+                   start_at_layer:int|None=None, resid:Tensor|None=None, logits_at:Sequence[int]|None=None) -> Tensor|None:
+    """Logits of `model`, calling `hook(name, x)` at every hook point `wants(name)` accepts (autograd off unless `grad`).
+    With `start_at_layer`, the blocks before it are skipped: `resid` is the residual stream entering that block.
+    With `logits_at`, only those positions are unembedded: logits `(batch, len(logits_at), vocab)`."""
+    if (start_at_layer is None) != (resid is None): raise ValueError("start_at_layer and resid go together: resid enters block start_at_layer")
+    with torch.set_grad_enabled(grad):
+        return _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer, start_at_layer or 0, resid, logits_at)
 
-def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer):
+def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer, first, resid, logits_at):
     def point(name, x): return hook(name, x) if wants(name) else x
     def norm(prefix, mod, x):
         if not (wants(prefix + 'hook_scale') or wants(prefix + 'hook_normalized')): return mod(x)
@@ -90,9 +95,10 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
     B, T = input_ids.shape
     H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     positions, mask = model.positions_and_mask(input_ids, attention_mask)
-    x = point('hook_embed', model.embed_tokens(input_ids))
+    x = point('hook_embed', model.embed_tokens(input_ids)) if resid is None else resid
     cos, sin = model.rotary(positions, x.dtype)
     for i, block in enumerate(model.layers):
+        if i < first: continue
         if stop_at_layer is not None and i >= stop_at_layer: return None
         p, attn, mlp = f'blocks.{i}.', block.self_attn, block.mlp
         x = point(p + 'hook_resid_pre', x)
@@ -120,6 +126,7 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         mlp_out = point(p + 'hook_mlp_out', mlp.down_proj(point(p + 'mlp.hook_post', F.silu(gate) * up)))
         x = point(p + 'hook_resid_post', x + mlp_out)
     if stop_at_layer is not None and stop_at_layer >= len(model.layers): return None
+    if logits_at is not None: x = x[:, list(logits_at)]
     return model.lm_head(norm('ln_final.', model.norm, x))
 
 # %% ../nbs/11_interp.ipynb #71508b7d
@@ -190,9 +197,14 @@ def run_with_cache(model, input_ids:Tensor, names_filter=None, attention_mask:Te
     return logits, cache
 
 def run_with_hooks(model, input_ids:Tensor, fwd_hooks:Sequence[tuple[str|Callable, Callable]],
-                   attention_mask:Tensor|None=None) -> Tensor:
-    "Logits of `model` with `fwd_hooks`: pairs of (name or predicate, `fn(activation, hook)` -> activation or None)."
+                   attention_mask:Tensor|None=None, start_at_layer:int|None=None, resid:Tensor|None=None,
+                   logits_at:Sequence[int]|None=None) -> Tensor:
+    """Logits of `model` with `fwd_hooks`: pairs of (name or predicate, `fn(activation, hook)` -> activation or None).
+    llmlab models can start at a block (`resid` is the residual stream entering block `start_at_layer`) and unembed only
+    the positions `logits_at`."""
     if not _is_llama(model):
+        if start_at_layer is not None or logits_at is not None:
+            raise TypeError("start_at_layer and logits_at are for llmlab models; load the checkpoint with llmlab.checkpoints.load_pretrained")
         kw = {} if attention_mask is None else {'attention_mask': attention_mask}
         with torch.no_grad(): return bridge(model).run_with_hooks(input_ids, fwd_hooks=list(fwd_hooks), **kw)
     for n, _ in fwd_hooks:
@@ -204,7 +216,8 @@ def run_with_hooks(model, input_ids:Tensor, fwd_hooks:Sequence[tuple[str|Callabl
                 out = fn(x, HookPoint(name))
                 if out is not None: x = out
         return x
-    return hooked_forward(model, input_ids, apply, lambda n: any(m(n) for m, _ in hooks), attention_mask)
+    return hooked_forward(model, input_ids, apply, lambda n: any(m(n) for m, _ in hooks), attention_mask,
+                          start_at_layer=start_at_layer, resid=resid, logits_at=logits_at)
 
 # %% ../nbs/11_interp.ipynb #0d87e880
 def unembed(model, resid:Tensor) -> Tensor:
@@ -395,14 +408,20 @@ def probe_layers(acts:Tensor, y:Tensor, **kwargs):
                           'shuffled_labels': train_probe(a, y_shuffled, **kwargs).test_accuracy} for l, a in enumerate(acts)])
 
 # %% ../nbs/11_interp.ipynb #7d7c5cdd
-def _batched(model, corrupted:Tensor, hooks_for:Callable[[int], list], n_runs:int, metric, batch_runs:int) -> Tensor:
-    "Metric of `n_runs` patched runs of `corrupted`, `batch_runs` runs per forward pass."
+def _batched(model, corrupted:Tensor, hooks_for:Callable[[int], list], n_runs:int, metric, batch_runs:int,
+             layer:int|None=None, resid:Tensor|None=None) -> Tensor:
+    "Metric of `n_runs` patched runs of `corrupted`, `batch_runs` runs per forward pass (from block `layer` on, given the `resid` entering it)."
     out = []
     N = len(corrupted)
     for start in range(0, n_runs, batch_runs):
         runs = list(range(start, min(n_runs, start + batch_runs)))
         toks = corrupted.repeat(len(runs), 1)                        # run r holds rows r*N ... r*N + N - 1
-        logits = run_with_hooks(model, toks, hooks_for(runs))
+        kw = {} if layer is None else dict(start_at_layer=layer, resid=resid.repeat(len(runs), 1, 1))
+        positions = getattr(metric, 'positions', None) if layer is not None else None
+        if positions is None: logits = run_with_hooks(model, toks, hooks_for(runs), **kw)
+        else:                                                        # unembed only what the metric reads: the rest stays 0
+            part = run_with_hooks(model, toks, hooks_for(runs), logits_at=positions, **kw)
+            logits = part.new_zeros(*toks.shape, part.shape[-1]); logits[:, list(positions)] = part
         out.append(metric(logits).view(len(runs), N).mean(1))
     return torch.cat(out)
 
@@ -411,6 +430,8 @@ def _patch_sweep(model, clean:Tensor, corrupted:Tensor, metric, activation:str, 
     if clean.shape != corrupted.shape: raise ValueError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must have the same shape")
     L, N = n_layers(model), len(clean)
     _, cache = run_with_cache(model, clean, names_filter=[act_name(activation, l) for l in range(L)], device=None)
+    # every run patches block l or later, so the corrupted run up to block l is shared: llmlab models start there
+    entering = run_with_cache(model, corrupted, names_filter=[act_name('resid_pre', l) for l in range(L)], device=None)[1] if _is_llama(model) else None
     size = cache[activation, 0].shape[dim]
     result = torch.zeros(L, size)
     for l in range(L):
@@ -423,7 +444,8 @@ def _patch_sweep(model, clean:Tensor, corrupted:Tensor, metric, activation:str, 
                     x[(slice(r * N, (r + 1) * N),) + index] = cache[name][(slice(None),) + index]   # run r's copy of the prompts
                 return x
             return [(name, fn)]
-        result[l] = _batched(model, corrupted, hooks_for, size, metric, batch_runs)
+        start = {} if entering is None else dict(layer=l, resid=entering['resid_pre', l])
+        result[l] = _batched(model, corrupted, hooks_for, size, metric, batch_runs, **start)
     return result
 
 def patch_residual(model, clean:Tensor, corrupted:Tensor, metric:Callable[[Tensor], Tensor], activation:str='resid_pre',
@@ -447,6 +469,7 @@ def logit_diff_metric(answer:int|Sequence[int], wrong:int|Sequence[int], positio
         rows = torch.arange(len(last))
         n = len(a.view(-1))
         return last[rows, a.view(-1).repeat(len(last) // n)] - last[rows, w.view(-1).repeat(len(last) // n)]
+    metric.positions = [position]          # what it reads: patching sweeps unembed only these positions
     return metric
 
 # %% ../nbs/11_interp.ipynb #4398e54b

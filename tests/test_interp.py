@@ -107,7 +107,7 @@ def test_residual_patching_equals_transformer_lens_patching_utility(smol, hf_smo
     peers = pytest.importorskip('peers', reason='benchmarks/peers.py')
     lm = peers.language_model(hf_smol, tokenizer)
     theirs = peers.nnsight_patch_resid_pre(lm, clean, corrupt, metric, layers=[0, 29])
-    # transformers' sdpa forward under nnsight vs llmlab's, batched 14 runs per forward: observed 2.9e-5 on values ~1
+    # transformers' eager forward under nnsight vs llmlab's batched sweep: observed 5.7e-6 on values up to 6.3
     assert_close(ours[[0, 29]], theirs[[0, 29]], atol=1e-4, what='patch_residual vs nnsight patching')
 
 
@@ -119,5 +119,5 @@ def test_cache_equals_nnsight_at_every_module_boundary(smol, hf_smol, tokenizer)
     _, ours = run_with_cache(smol, ids, names_filter=list(theirs))
     assert sorted(ours) == sorted(theirs) and len(theirs) == 30 * len(peers.BLOCK_POINTS)
     for name, ref in theirs.items():
-        # two float32 implementations of the same model: observed at most 2e-6 of each activation's largest magnitude
+        # two float32 implementations of the same model: observed at most 3.2e-6 of each activation's largest magnitude
         assert_close(ours[name], ref, atol=1e-4 * ref.abs().max().item(), what=f'{name} vs nnsight')
