@@ -1,4 +1,4 @@
-"""Tasks from files, an evaluation runner that batches, caches per item and resumes, code executed in a sandbox, bootstrap error bars, and significance tests against a baseline.
+"""Tasks from files, an evaluation runner that batches, caches per item and resumes, code executed in a sandbox, error bars (CLT, clustered, bootstrap), and paired comparisons against a baseline.
 
 Docs: https://llmlab.github.io/llmlab/eval.html.md"""
 
@@ -25,8 +25,9 @@ __all__ = ['TaskKind', 'data_loaders', 'LETTERS', 'builtin_tasks', 'split_contex
            'load_cb_jsonl', 'load_copa_jsonl', 'load_squad_v2_json', 'load_humaneval', 'python_license_text',
            'load_python_license', 'load_mmlu_dev', 'load_arithmetic', 'get_task', 'Task', 'SandboxResult',
            'run_sandboxed', 'extract_answer', 'score_multiple_choice', 'program_for', 'bootstrap_stderr', 'TaskResult',
-           'evaluate_task', 'run_evaluation', 'Comparison', 'paired_bootstrap', 'permutation_test', 'mcnemar',
-           'compare', 'compare_runs']
+           'evaluate_task', 'run_evaluation', 'Comparison', 'clt_stderr', 'clustered_stderr', 'paired_difference',
+           'detectable_difference', 'paired_bootstrap', 'permutation_p', 'permutation_test', 'mcnemar', 'compare',
+           'compare_runs']
 
 # %% ../nbs/10_eval.ipynb #49c4d3a0
 def split_context(context:str, continuation:str) -> tuple[str, str]:
@@ -171,6 +172,7 @@ class TaskConfig(Config):
     samples: int = 1                            # code: completions per problem (pass@k needs samples >= k)
     timeout: float = 10.0                       # code: seconds per program
     limit: Optional[int] = None
+    cluster_field: Optional[str] = None         # items whose documents share this field's value share a context: clustered errors
     source_dir: Optional[str] = None            # set when loaded from a file: relative paths start here
 
     def validate(self):
@@ -474,6 +476,14 @@ def _nll_per(unit):
     "Negative log-likelihood per token, word or byte over all items (a ratio of sums, not a mean of ratios)."
     return lambda items: -sum(it['scores']['loglikelihood'] for it in items) / sum(it['scores'][unit] for it in items)
 
+def _item_values(task:TaskConfig, items:list[dict]) -> dict[str, list[float]]:
+    "Per-item values of the metrics that are plain means over items: the ones a CLT standard error applies to."
+    if task.kind == 'code':
+        ks = sorted({int(m.split('@')[1]) for m in task.metrics if m.startswith('pass@')} or {1})
+        return {f'pass@{k}': [M.pass_at_k(len(i['scores']['passed']), sum(i['scores']['passed']), k) for i in items] for k in ks if k <= task.samples}
+    keys = {'multiple_choice': ('acc', 'acc_norm'), 'generation': ('exact_match', 'f1')}.get(task.kind, ())
+    return {k: [float(i['scores'][k]) for i in items] for k in keys if items and all(k in i['scores'] for i in items)}
+
 def _aggregators(task:TaskConfig) -> dict[str, Callable]:
     if task.kind == 'multiple_choice': return {'acc': _mean_metric('acc'), 'acc_norm': _mean_metric('acc_norm')}
     if task.kind == 'perplexity':
@@ -565,6 +575,7 @@ class TaskResult:
     stderr: dict[str, float]
     n: int
     items: list[dict]
+    errors: dict = field(default_factory=dict)   # stderr_clt (metrics that are means over items), stderr_clustered, n_clusters
 
 def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int=1000, limit:int|None=None,
                   progress:bool=True, seed:int=0) -> TaskResult:
@@ -582,6 +593,8 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
     bar = tqdm(total=len(t.docs), initial=len(t.docs) - len(todo), desc=cfg.task, disable=not progress)
     for start in range(0, len(todo), chunk_size):
         recs = _evaluate_items(lm, t, todo[start:start + chunk_size])
+        if cfg.cluster_field:
+            for r in recs: r['cluster'] = t.docs[r['id']].get(cfg.cluster_field)
         if item_file is not None: _append_items(item_file, recs)
         done.update({r['id']: r for r in recs})
         bar.update(len(recs))
@@ -590,11 +603,17 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
     aggs = _aggregators(cfg)
     scores = {k: f(items) for k, f in aggs.items()}
     stderr = {k: bootstrap_stderr(items, f, bootstrap_iters, seed) for k, f in aggs.items()}
-    result = TaskResult(cfg.task, scores, stderr, len(items), items)
+    per_item = _item_values(cfg, items)
+    errors = {'stderr_clt': {k: clt_stderr(v) for k, v in per_item.items()}}
+    if cfg.cluster_field:
+        clusters = [it.get('cluster', t.docs[it['id']].get(cfg.cluster_field)) for it in items]
+        errors['stderr_clustered'] = {k: clustered_stderr(v, clusters) for k, v in per_item.items()}
+        errors['n_clusters'] = len(set(map(str, clusters)))
+    result = TaskResult(cfg.task, scores, stderr, len(items), items, errors)
     if run_dir is not None:
         (Path(run_dir) / 'results').mkdir(exist_ok=True)
         write_json_atomic(Path(run_dir) / 'results' / f'{cfg.task}.json',
-                          {'task': cfg.task, 'kind': cfg.kind, 'n': len(items), 'scores': scores, 'stderr': stderr,
+                          {'task': cfg.task, 'kind': cfg.kind, 'n': len(items), 'scores': scores, 'stderr': stderr, **errors,
                            'config': {k: v for k, v in cfg.to_dict().items() if k != 'source_dir'}})
     return result
 
@@ -606,18 +625,61 @@ def run_evaluation(lm, tasks:Sequence, run_dir, config:dict|None=None, **kwargs)
     for task in tasks:
         r = evaluate_task(lm, task, run_dir, **kwargs)
         results[r.task] = r
-    write_json_atomic(run_dir / 'summary.json', {name: {'n': r.n, 'scores': r.scores, 'stderr': r.stderr} for name, r in results.items()})
+    write_json_atomic(run_dir / 'summary.json', {name: {'n': r.n, 'scores': r.scores, 'stderr': r.stderr, **r.errors} for name, r in results.items()})
     return results
 
 # %% ../nbs/10_eval.ipynb #6c06f005
 @dataclass
 class Comparison:
+    "Run b against baseline a on the same items: the mean of b - a with its errors and tests."
     mean_difference: float
-    ci_low: float
+    se: float                        # CLT standard error of the mean difference (cluster-robust with clusters)
+    ci_low: float                    # mean +- t quantile x se: the (1 - alpha) interval
     ci_high: float
+    bootstrap_ci_low: float
+    bootstrap_ci_high: float
     p_permutation: float
+    n_permutations: int              # sign patterns drawn (every one when there are at most 16 to flip)
     p_mcnemar: float|None
     n: int
+    detectable_difference: float     # the smallest true difference these items detect with 80% power
+    n_clusters: int|None = None
+
+def clt_stderr(x:Sequence[float]) -> float:
+    "Standard error of a mean by the central limit theorem: sample standard deviation / sqrt(n)."
+    x = np.asarray(x, float)
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float('nan')
+
+def clustered_stderr(x:Sequence[float], clusters:Sequence, correction:bool=True) -> float:
+    """Cluster-robust standard error of a mean, for items that share a context (a passage, a document): the deviations
+    are summed within each cluster before squaring. `correction` multiplies the variance by G/(G-1), as statsmodels does."""
+    x = np.asarray(x, float)
+    _, g = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    sums = np.bincount(g, weights=x - x.mean())
+    G = len(sums)
+    if G < 2: return float('nan')
+    var = (sums ** 2).sum() / len(x) ** 2 * (G / (G - 1) if correction else 1.0)
+    return float(math.sqrt(var))
+
+def paired_difference(a:Sequence[float], b:Sequence[float], clusters:Sequence|None=None, alpha:float=0.05) -> tuple[float, float, float, float, int]:
+    "Mean of b - a, its standard error (clustered when `clusters` is given), the t-based (1 - alpha) interval and its degrees of freedom."
+    from scipy import stats as st
+    d = np.asarray(b, float) - np.asarray(a, float)
+    if clusters is None: se, df = clt_stderr(d), len(d) - 1
+    else: se, df = clustered_stderr(d, clusters), len(set(map(str, clusters))) - 1
+    half = st.t.ppf(1 - alpha / 2, df) * se if df >= 1 else float('nan')
+    return float(d.mean()), se, float(d.mean() - half), float(d.mean() + half), df
+
+def detectable_difference(se:float, df:int, alpha:float=0.05, power:float=0.8) -> float:
+    "The smallest true mean difference that a two-sided t-test at `alpha` finds with probability `power`, given the standard error `se`."
+    from scipy import optimize, stats as st
+    if not se > 0 or df < 1: return float('nan')
+    crit = st.t.ppf(1 - alpha / 2, df)
+    short = lambda nc: st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc) - power
+    hi = 1.0
+    while short(hi) < 0 and hi < 512: hi *= 2                      # a bracket: SciPy's nct returns NaN far out in the tail
+    if not short(hi) >= 0: return float((st.norm.ppf(1 - alpha / 2) + st.norm.ppf(power)) * se)   # the normal approximation
+    return float(optimize.brentq(short, 0.0, hi) * se)
 
 def paired_bootstrap(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0, alpha:float=0.05) -> tuple[float, float, float]:
     "Mean of `b - a` with a bootstrap (1 - alpha) confidence interval."
@@ -626,17 +688,29 @@ def paired_bootstrap(a:Sequence[float], b:Sequence[float], iters:int=10000, seed
     means = d[rng.integers(0, len(d), (iters, len(d)))].mean(1)
     return float(d.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
-def permutation_test(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0) -> float:
-    "Two-sided paired permutation (sign-flip) test of mean(b - a) = 0."
+def permutation_p(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0, clusters:Sequence|None=None) -> tuple[float, int]:
+    """Two-sided paired permutation (sign-flip) test of mean(b - a) = 0, and the number of sign patterns it used: every
+    pattern when at most 16 differences are nonzero, else `iters` random ones with p = (hits + 1) / (iters + 1), which is
+    never 0. With `clusters`, whole clusters flip together."""
     d = np.asarray(b, float) - np.asarray(a, float)
+    if clusters is not None:
+        _, g = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+        d = np.bincount(g, weights=d)
     nz = d[d != 0]
-    if len(nz) == 0: return 1.0
+    if len(nz) == 0: return 1.0, 1
     observed = abs(nz.sum())
-    if len(nz) <= 16:   # every sign pattern
+    if len(nz) <= 16:                                  # exact: the identity pattern is among them, so p >= 2^-16
         signs = np.array(np.meshgrid(*[[-1, 1]] * len(nz))).reshape(len(nz), -1).T
-    else: signs = np.random.default_rng(seed).choice([-1, 1], size=(iters, len(nz)))
-    stats = np.abs((signs * nz).sum(1))
-    return float(np.mean(stats >= observed - 1e-12))
+        return float(np.mean(np.abs((signs * nz).sum(1)) >= observed - 1e-12)), len(signs)
+    rng, hits = np.random.default_rng(seed), 0
+    for start in range(0, iters, 4096):                # in blocks: iters x items signs at once can be large
+        signs = rng.choice([-1, 1], size=(min(4096, iters - start), len(nz)))
+        hits += int((np.abs((signs * nz).sum(1)) >= observed - 1e-12).sum())
+    return (hits + 1) / (iters + 1), iters
+
+def permutation_test(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0) -> float:
+    "The p-value of `permutation_p`."
+    return permutation_p(a, b, iters, seed)[0]
 
 def mcnemar(a_correct:Sequence[bool], b_correct:Sequence[bool]) -> tuple[int, int, float]:
     "Items only `a` got right, items only `b` got right, and the exact two-sided McNemar p-value."
@@ -647,12 +721,14 @@ def mcnemar(a_correct:Sequence[bool], b_correct:Sequence[bool]) -> tuple[int, in
     p = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return only_a, only_b, min(1.0, p)
 
-def compare(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0) -> Comparison:
-    "All three tests for paired per-item scores (McNemar when the scores are 0/1)."
-    mean, lo, hi = paired_bootstrap(a, b, iters, seed)
+def compare(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0, clusters:Sequence|None=None, alpha:float=0.05) -> Comparison:
+    "Paired per-item scores b against a: the difference with CLT and bootstrap intervals, permutation and McNemar tests, the detectable difference."
+    mean, se, lo, hi, df = paired_difference(a, b, clusters, alpha)
+    _, blo, bhi = paired_bootstrap(a, b, iters, seed, alpha)
+    p, m = permutation_p(a, b, iters, seed, clusters)
     binary = set(np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]))) <= {0.0, 1.0}
-    return Comparison(mean, lo, hi, permutation_test(a, b, iters, seed),
-                      mcnemar(np.asarray(a) > 0.5, np.asarray(b) > 0.5)[2] if binary else None, len(a))
+    return Comparison(mean, se, lo, hi, blo, bhi, p, m, mcnemar(np.asarray(a) > 0.5, np.asarray(b) > 0.5)[2] if binary else None,
+                      len(a), detectable_difference(se, df, alpha), None if clusters is None else df + 1)
 
 # %% ../nbs/10_eval.ipynb #0d251f7c
 _ITEM_KEY = {'multiple_choice': 'acc', 'generation': 'exact_match'}
@@ -673,9 +749,12 @@ def compare_runs(baseline, runs:Sequence, iters:int=10000, seed:int=0):
             key = _ITEM_KEY.get(res['kind'])
             if key is None: continue
             a, b = [A[i]['scores'][key] for i in ids], [B[i]['scores'][key] for i in ids]
-            c = compare(a, b, iters, seed)
+            clusters = [B[i]['cluster'] for i in ids] if ids and all('cluster' in B[i] for i in ids) else None
+            c = compare(a, b, iters, seed, clusters)
             rows.append({'run': run.name, 'task': f.stem, 'metric': key, 'baseline': float(np.mean(a)), 'score': float(np.mean(b)),
-                         'difference': c.mean_difference, 'ci_low': c.ci_low, 'ci_high': c.ci_high,
-                         'p_permutation': c.p_permutation, 'p_mcnemar': c.p_mcnemar, 'n': c.n,
+                         'difference': c.mean_difference, 'se': c.se, 'ci_low': c.ci_low, 'ci_high': c.ci_high,
+                         'bootstrap_ci_low': c.bootstrap_ci_low, 'bootstrap_ci_high': c.bootstrap_ci_high,
+                         'p_permutation': c.p_permutation, 'permutations': c.n_permutations, 'p_mcnemar': c.p_mcnemar,
+                         'detectable_difference': c.detectable_difference, 'n': c.n, 'clusters': c.n_clusters,
                          'significant': c.p_permutation < 0.05 and (c.ci_low > 0 or c.ci_high < 0)})
     return pd.DataFrame(rows)

@@ -159,16 +159,21 @@ class EvalDashboard(_Widget):
         self._show_scores(); self._show_significance(); self._update_tasks()
 
     def scores(self):
-        "One row per run, task and metric: score, standard error and the 95% interval."
+        """One row per run, task and metric: score, bootstrap and CLT standard errors side by side (and the clustered one when
+        the task names clusters), and the 95% interval from the clustered, else CLT, else bootstrap error."""
         import pandas as pd
         rows, errors = [], []
+        nan = float('nan')
         for run in self.run_dirs:
             try: results = read_eval_run(run)
             except RunFolderError as e: errors.append(str(e)); continue
             for task, r in results.items():
                 for metric, v in r['scores'].items():
-                    se = r.get('stderr', {}).get(metric, float('nan'))
-                    rows.append({'run': run.name, 'task': task, 'metric': metric, 'score': v, 'stderr': se,
+                    boot, clt = r.get('stderr', {}).get(metric, nan), r.get('stderr_clt', {}).get(metric, nan)
+                    clustered = r.get('stderr_clustered', {}).get(metric, nan)
+                    se = next((s for s in (clustered, clt, boot) if s == s), nan)          # the first that is not NaN
+                    rows.append({'run': run.name, 'task': task, 'metric': metric, 'score': v, 'stderr_bootstrap': boot,
+                                 'stderr_clt': clt, **({'stderr_clustered': clustered, 'clusters': r.get('n_clusters')} if 'stderr_clustered' in r else {}),
                                  'ci_low': v - 1.96 * se, 'ci_high': v + 1.96 * se, 'n': r.get('n')})
         self.errors = errors
         return pd.DataFrame(rows)
