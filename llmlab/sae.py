@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checkpoints import _swap_into_place
 from .core import LlmlabError, write_json_atomic
 from .interp import check_hook_name, run_with_cache, run_with_hooks
 
@@ -75,13 +76,6 @@ class ActivationStore:
     def sample(self, n:int, seed:int=0) -> Tensor:
         "`n` random rows (all of them when `n` is larger)."
         return self._rows(np.random.default_rng(seed).permutation(len(self))[:n])
-
-def _swap_into_place(tmp:Path, path:Path):
-    "Rename the finished `tmp` folder to `path`, removing an older `path` only once the new one is there."
-    old = path.with_name(f'.{path.name}.old-{uuid.uuid4().hex[:8]}')
-    if path.exists(): path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
 
 def _flat_tokens(acts:Tensor, skip_first:int) -> Tensor:
     "`(batch, positions, ...)` activations -> `(tokens, width)`, the first `skip_first` positions left out."
