@@ -150,7 +150,7 @@ class SAE(nn.Module):
         if cfg.architecture == 'jumprelu': self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
 
     def _flat(self, x:Tensor) -> Tensor:
-        x = x.flatten(-2) if self.cfg.reshape_activations == 'hook_z' else x
+        if self.cfg.reshape_activations == 'hook_z' and x.shape[-1] != self.cfg.d_in: x = x.flatten(-2)   # (..., heads, d_head); store rows come flat
         if x.shape[-1] != self.cfg.d_in:
             raise SAEError(f"this SAE reads activations of width {self.cfg.d_in} (hook {self.cfg.hook_name or 'unknown'}), got shape {tuple(x.shape)}: "
                            f"is it the SAE for this model and hook point?")
