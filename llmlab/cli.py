@@ -157,14 +157,28 @@ def _generate_cmd(a):
     print(generate_text(m, tok, prompt, max_new_tokens=a.max_new_tokens, **kw))
 
 # %% ../nbs/13_cli.ipynb #4c28374e
+def _is_llmlab_task(name:str) -> bool:
+    "A built-in llmlab task or a task file in llmlab's own format (lm-eval's files and names go to `llmlab.harness`)."
+    from llmlab.eval import builtin_tasks
+    if name.endswith(('.yaml', '.yml')):
+        from llmlab.harness import is_lm_eval_task_file
+        return not is_lm_eval_task_file(name)
+    return name in builtin_tasks
+
 def _eval_cmd(a):
     from llmlab.eval import EvalModel, run_evaluation, compare_runs
     m = load_pretrained(a.model, dtype=a.dtype, device=get_device(a.device), progress=not a.quiet)
     tok = load_tokenizer(a.model)
     lm = EvalModel(m, tok, batch_size=a.batch_size, progress=not a.quiet)
     tasks = [t.strip() for t in a.tasks.split(',') if t.strip()]
-    results = run_evaluation(lm, tasks, a.run_dir, config=vars(a), limit=a.limit, bootstrap_iters=a.bootstrap_iters,
-                             progress=not a.quiet)
+    ours = [t for t in tasks if _is_llmlab_task(t)]
+    results = run_evaluation(lm, ours, a.run_dir, config=vars(a), limit=a.limit, bootstrap_iters=a.bootstrap_iters,
+                             progress=not a.quiet) if ours else {}
+    if len(ours) < len(tasks):       # the rest are lm-eval's: catalogue names, groups, tags or its YAML files
+        from llmlab.harness import evaluate_harness
+        results.update(evaluate_harness(lm, [t for t in tasks if t not in ours], a.run_dir, data_dir=a.data_dir,
+                                        include_path=a.include_path, num_fewshot=a.num_fewshot, limit=a.limit,
+                                        bootstrap_iters=a.bootstrap_iters, config=vars(a)))
     print(f"{'task':<24} {'metric':<18} {'value':>10} {'stderr':>9} {'n':>6}")
     for name, r in results.items():
         for k, v in r.scores.items(): print(f"{name:<24} {k:<18} {v:>10.4f} {r.stderr[k]:>9.4f} {r.n:>6}")
@@ -201,9 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', type=int, default=None)
     g.add_argument('--device', default='auto'); g.add_argument('--dtype', default='float32')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
-    e = sub.add_parser('eval', help='evaluate a model on tasks (built-in names or task YAML files)')
+    e = sub.add_parser('eval', help="evaluate a model on tasks (llmlab's built-in tasks and task files, lm-eval's catalogue and task files)")
     e.add_argument('--model', default='smollm2-135m-instruct')
-    e.add_argument('--tasks', required=True, help='comma-separated: arithmetic_mc, arithmetic_gen, mmlu_dev, python_license_ppl, humaneval, or task .yaml files')
+    e.add_argument('--tasks', required=True, help="comma-separated: llmlab's arithmetic_mc, arithmetic_gen, mmlu_dev, python_license_ppl, "
+                   "humaneval; lm-eval task, group or tag names (hellaswag, mmlu_abstract_algebra, ...); task .yaml files of either kind")
+    e.add_argument('--data-dir', default=None, help="lm-eval tasks' datasets offline: <data-dir>/<dataset_path>/[<dataset_name>/]<split>.jsonl")
+    e.add_argument('--include-path', default=None, help='a folder of lm-eval task files (as lm_eval --include_path)')
+    e.add_argument('--num-fewshot', type=int, default=None, help="lm-eval tasks: override the task's number of examples")
     e.add_argument('--run-dir', default='runs/eval')
     e.add_argument('--limit', type=int, default=None, help='first N items of each task')
     e.add_argument('--batch-size', type=int, default=16)

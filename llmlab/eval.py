@@ -20,14 +20,14 @@ from .model import Llama
 from . import metrics as M
 
 # %% auto #0
-__all__ = ['TaskKind', 'data_loaders', 'LETTERS', 'builtin_tasks', 'split_context', 'EvalModel', 'TaskConfig', 'load_task',
-           'read_records', 'load_mmlu_csv', 'load_arc_jsonl', 'load_hellaswag_jsonl', 'load_boolq_jsonl',
-           'load_cb_jsonl', 'load_copa_jsonl', 'load_squad_v2_json', 'load_humaneval', 'python_license_text',
-           'load_python_license', 'load_mmlu_dev', 'load_arithmetic', 'get_task', 'Task', 'SandboxResult',
-           'run_sandboxed', 'extract_answer', 'score_multiple_choice', 'program_for', 'bootstrap_stderr', 'TaskResult',
-           'evaluate_task', 'run_evaluation', 'Comparison', 'clt_stderr', 'clustered_stderr', 'paired_difference',
-           'detectable_difference', 'paired_bootstrap', 'permutation_p', 'permutation_test', 'mcnemar', 'compare',
-           'compare_runs']
+__all__ = ['TaskKind', 'LM_EVAL_TASK_KEYS', 'data_loaders', 'LETTERS', 'builtin_tasks', 'split_context', 'common_prefix_length',
+           'EvalModel', 'TaskConfig', 'lm_eval_task_keys', 'load_task', 'read_records', 'load_mmlu_csv',
+           'load_arc_jsonl', 'load_hellaswag_jsonl', 'load_boolq_jsonl', 'load_cb_jsonl', 'load_copa_jsonl',
+           'load_squad_v2_json', 'load_humaneval', 'python_license_text', 'load_python_license', 'load_mmlu_dev',
+           'load_arithmetic', 'get_task', 'Task', 'SandboxResult', 'run_sandboxed', 'extract_answer',
+           'score_multiple_choice', 'program_for', 'bootstrap_stderr', 'TaskResult', 'evaluate_task', 'run_evaluation',
+           'Comparison', 'clt_stderr', 'clustered_stderr', 'paired_difference', 'detectable_difference',
+           'paired_bootstrap', 'permutation_p', 'permutation_test', 'mcnemar', 'compare', 'compare_runs']
 
 # %% ../nbs/10_eval.ipynb #49c4d3a0
 def split_context(context:str, continuation:str) -> tuple[str, str]:
@@ -35,29 +35,78 @@ def split_context(context:str, continuation:str) -> tuple[str, str]:
     n = len(context) - len(context.rstrip())
     return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
 
+def common_prefix_length(a:Sequence[int], b:Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]: return i
+    return n
+
 class EvalModel:
     "Log-likelihoods and generations for evaluation, from an llmlab `Llama` or a Hugging Face causal LM."
-    def __init__(self, model, tokenizer, batch_size:int=16, max_length:int|None=None, device=None, progress:bool=True):
+    def __init__(self, model, tokenizer, batch_size:int=16, max_length:int|None=None, device=None, progress:bool=True,
+                 min_shared_prefix:int=16):
         self.model, self.tok, self.batch_size, self.progress = model.eval(), tokenizer, batch_size, progress
         cfg = model.config
         self.max_length = max_length or getattr(cfg, 'max_position_embeddings', 2048)
         self.device = device or next(model.parameters()).device
         self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.min_shared_prefix = min_shared_prefix       # shorter common prefixes are recomputed per row: not worth a cache
 
     def encode(self, text:str) -> list[int]: return self.tok(text, add_special_tokens=False).input_ids
 
     @torch.no_grad()
-    def logits(self, ids:torch.Tensor, mask:torch.Tensor, keep:int) -> torch.Tensor:
-        "Logits of the last `keep` positions of a left-padded batch."
+    def logits(self, ids:torch.Tensor, mask:torch.Tensor, keep:int, cache=None) -> torch.Tensor:
+        "Logits of the last `keep` positions of a left-padded batch, after the positions `cache` holds (`mask` covers both)."
         ids, mask = ids.to(self.device), mask.to(self.device)
-        if isinstance(self.model, Llama): return self.model(ids, attention_mask=mask, logits_to_keep=keep).float()
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits.float()
+        if isinstance(self.model, Llama): return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=keep).float()
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
+        return self.model(ids, attention_mask=mask, position_ids=pos, use_cache=cache is not None, logits_to_keep=keep,
+                          **self._hf_cache(cache)).logits.float()
+
+    def _hf_cache(self, cache) -> dict:
+        "transformers' cache argument: `cache` since 5.2x, `past_key_values` before (still read, with a warning)."
+        import inspect
+        return {} if cache is None else {'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values': cache}
+
+    @torch.no_grad()
+    def prefix_cache(self, prefix:Sequence[int], rows:int, room:int):
+        "Keys and values of `prefix`, computed once and copied into `rows` rows, with room for `room` more positions."
+        ids = torch.tensor([list(prefix)], device=self.device)
+        if isinstance(self.model, Llama):
+            one = self.model.make_cache(1, len(prefix))
+            self.model(ids, cache=one, logits_to_keep=1)
+            cache = self.model.make_cache(rows, len(prefix) + room)
+            cache.k[:, :, :, :len(prefix)] = one.k; cache.v[:, :, :, :len(prefix)] = one.v
+            cache.advance(len(prefix))
+            return cache
+        out = self.model(ids, use_cache=True, logits_to_keep=1)
+        cache = out.cache if 'cache' in out else out.past_key_values       # transformers' DynamicCache: grows as needed
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def shared_prefix_batches(self, inputs:list[Sequence[int]], keep:list[int]) -> tuple[list[tuple[list[int], int]], list[int]]:
+        """Batches of inputs that share a long prefix (few-shot examples, a context with several endings) as (members, prefix length),
+        and the inputs left over. Input `u` keeps at least its last `keep[u]` tokens out of the prefix (their logits are needed)."""
+        batches, rest, cur, shared = [], [], [], 0
+        def close():
+            if len(cur) > 1 and shared >= self.min_shared_prefix: batches.append((list(cur), shared))
+            else: rest.extend(cur)
+        for u in sorted(range(len(inputs)), key=lambda u: inputs[u]):      # inputs with a common prefix sort next to each other
+            if cur:
+                s = min(shared, common_prefix_length(inputs[cur[-1]], inputs[u]), len(inputs[u]) - keep[u])
+                # join unless the batch is full or joining would cut the shared prefix to less than half
+                if len(cur) < self.batch_size and s >= self.min_shared_prefix and (len(cur) == 1 or 2 * s >= shared):
+                    cur.append(u); shared = s; continue
+                close()
+            cur, shared = [u], len(inputs[u]) - keep[u]
+        if cur: close()
+        return batches, rest
 
     def _score_tokens(self, pairs:list[tuple[list[int], list[int]]], desc:str='scoring') -> list[tuple[float, bool]]:
         "Sum of log-probabilities of each continuation given its context, and whether it is the greedy choice."
         # Requests whose model input is identical (a context with one-token continuations: the choices ' A', ' B', ...)
-        # share one forward pass; only the positions that predict continuations go through the output layer.
+        # share one forward pass; inputs with a long common prefix share its keys and values; only the positions that
+        # predict continuations go through the output layer.
         inputs, owners = {}, []
         for ctx, cont in pairs:
             key = tuple((ctx + cont)[-(self.max_length + 1):][:-1])
@@ -65,16 +114,20 @@ class EvalModel:
         unique = list(inputs)
         need = [0] * len(unique)
         for (ctx, cont), u in zip(pairs, owners): need[u] = max(need[u], len(cont))
-        order = sorted(range(len(unique)), key=lambda u: -len(unique[u]))
+        shared, rest = self.shared_prefix_batches(unique, need)
+        rest.sort(key=lambda u: -len(unique[u]))
+        batches = shared + [(rest[i:i + self.batch_size], 0) for i in range(0, len(rest), self.batch_size)]
         scores = {}
-        for start in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=not self.progress, leave=False):
-            batch = order[start:start + self.batch_size]
-            width, keep = max(len(unique[u]) for u in batch), max(need[u] for u in batch)
+        for batch, P in tqdm(batches, desc=desc, disable=not self.progress, leave=False):
+            tails = [unique[u][P:] for u in batch]
+            width, keep = max(len(t) for t in tails), max(need[u] for u in batch)
             ids = torch.full((len(batch), width), self.prefix_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, u in enumerate(batch):
-                ids[r, width - len(unique[u]):] = torch.tensor(unique[u]); mask[r, width - len(unique[u]):] = 1
-            logp = self.logits(ids, mask, keep).log_softmax(-1).cpu()
+            mask = torch.zeros((len(batch), P + width), dtype=torch.long)
+            mask[:, :P] = 1
+            for r, t in enumerate(tails):
+                ids[r, width - len(t):] = torch.tensor(t); mask[r, P + width - len(t):] = 1
+            cache = self.prefix_cache(unique[batch[0]][:P], len(batch), width) if P else None
+            logp = self.logits(ids, mask, keep, cache).log_softmax(-1).cpu()
             for r, u in enumerate(batch): scores[u] = logp[r]
         results = []
         for (ctx, cont), u in zip(pairs, owners):
@@ -119,32 +172,49 @@ class EvalModel:
         return list(zip(totals, counts))
 
     @torch.no_grad()
-    def generate_until(self, requests:Sequence[tuple[str, dict]]) -> list[str]:
-        "Greedy (or sampled) continuations of each context, cut at the first stop sequence."
+    def _generate_batch(self, prompts:list[list[int]], P:int, kw:dict) -> list[list[int]]:
+        "Greedy (or sampled) new tokens for prompts whose first `P` tokens are the same (P=0: nothing shared)."
         from llmlab.model import generate
+        max_new = kw.pop('max_new_tokens')
+        width = max(len(p) for p in prompts) - P
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.prefix_token_id
+        ids = torch.full((len(prompts), P + width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[:, :P] = torch.tensor(prompts[0][:P]); mask[:, :P] = 1
+        for r, p in enumerate(prompts): ids[r, P + width - len(p) + P:] = torch.tensor(p[P:]); mask[r, P + width - len(p) + P:] = 1
+        cache = self.prefix_cache(prompts[0][:P], len(prompts), width + max_new) if P else None
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if isinstance(self.model, Llama):
+            seq = generate(self.model, ids, mask, max_new_tokens=max_new, pad_token_id=pad, tokenizer=self.tok, cache=cache, **kw)
+        else:
+            stop = kw.pop('stop_strings', None)
+            seq = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=pad, do_sample=kw.pop('do_sample', False),
+                                      stop_strings=stop, tokenizer=self.tok if stop else None, **self._hf_cache(cache), **kw)
+        return [row[ids.shape[1]:].tolist() for row in seq]
+
+    def generate_until(self, requests:Sequence[tuple[str, dict]]) -> list[str]:
+        "Greedy (or sampled) continuations of each context, cut at the first stop sequence; prompts sharing a prefix share its prefill."
         out = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
-        for start in tqdm(range(0, len(order), self.batch_size), desc='generating', disable=not self.progress, leave=False):
-            idx = order[start:start + self.batch_size]
+        groups = {}                                  # requests with the same generation arguments run together
+        for i, (_, kw) in enumerate(requests): groups.setdefault(json.dumps(kw, sort_keys=True, default=str), []).append(i)
+        bar = tqdm(total=len(requests), desc='generating', disable=not self.progress, leave=False)
+        for idx in groups.values():
             kw = dict(requests[idx[0]][1])
             until = list(kw.pop('until', []) or [])
             max_new = kw.pop('max_new_tokens', 256)
-            side, self.tok.padding_side = self.tok.padding_side, 'left'
-            enc = self.tok([requests[i][0] for i in idx], return_tensors='pt', padding=True, add_special_tokens=False)
-            self.tok.padding_side = side
-            ids, mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
-            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.prefix_token_id
-            if isinstance(self.model, Llama):
-                seq = generate(self.model, ids, mask, max_new_tokens=max_new, stop_strings=until or None, tokenizer=self.tok,
-                               pad_token_id=pad, **kw)
-            else:
-                seq = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=pad,
-                                          do_sample=kw.pop('do_sample', False), **kw)
-            for r, i in enumerate(idx):
-                text = self.tok.decode(seq[r, ids.shape[1]:], skip_special_tokens=True)
-                for s in until:
-                    if s in text: text = text[:text.index(s)]
-                out[i] = text
+            # as lm-eval: the context keeps its last max_length - max_new_tokens tokens
+            prompts = [self.encode(requests[i][0])[-(self.max_length - max_new):] for i in idx]
+            shared, rest = self.shared_prefix_batches(prompts, [1] * len(prompts))
+            rest.sort(key=lambda u: -len(prompts[u]))
+            for batch, P in shared + [(rest[i:i + self.batch_size], 0) for i in range(0, len(rest), self.batch_size)]:
+                new = self._generate_batch([prompts[u] for u in batch], P, dict(kw, max_new_tokens=max_new, stop_strings=until or None))
+                for u, toks in zip(batch, new):
+                    text = self.tok.decode(toks, skip_special_tokens=True)
+                    for s in until:
+                        if s in text: text = text[:text.index(s)]
+                    out[idx[u]] = text
+                bar.update(len(batch))
+        bar.close()
         return out
 
 # %% ../nbs/10_eval.ipynb #a856264f
@@ -185,10 +255,22 @@ class TaskConfig(Config):
         p = Path(p).expanduser()
         return p if p.is_absolute() or self.source_dir is None else Path(self.source_dir) / p
 
+LM_EVAL_TASK_KEYS = ('output_type', 'dataset_path', 'dataset_name', 'include', 'group', 'tag', 'task_list', 'class', 'metric_list',
+                     'test_split', 'validation_split', 'process_docs', 'filter_list')
+
+def lm_eval_task_keys(path) -> list[str]:
+    "The top-level keys of a YAML file that only lm-evaluation-harness's task format has (none: llmlab's own format)."
+    keys = re.findall(r'^([A-Za-z_]+)\s*:', Path(path).read_text(), re.M)
+    return sorted(set(keys) & set(LM_EVAL_TASK_KEYS))
+
 def load_task(path) -> TaskConfig:
     "Read a task YAML; relative data paths are resolved against its folder."
     path = Path(path)
     from llmlab.core import load_config_file
+    found = lm_eval_task_keys(path)
+    if found:
+        raise ConfigError(f"{path} is an lm-evaluation-harness task file ({', '.join(found)}): run it with "
+                          f"llmlab.harness.evaluate_harness or `llmlab eval --tasks {path}`")
     d = load_config_file(path)
     return TaskConfig.from_dict({**d, 'source_dir': str(path.parent.resolve())}, prefix=path.name)
 
@@ -746,7 +828,7 @@ def compare_runs(baseline, runs:Sequence, iters:int=10000, seed:int=0):
             A, B = _read_items(bf), _read_items(f)
             ids = sorted(set(A) & set(B))
             res = json.loads((run / 'results' / f'{f.stem}.json').read_text())
-            key = _ITEM_KEY.get(res['kind'])
+            key = res.get('primary_metric') or _ITEM_KEY.get(res['kind'])    # lm-eval tasks (llmlab.harness) name theirs
             if key is None: continue
             a, b = [A[i]['scores'][key] for i in ids], [B[i]['scores'][key] for i in ids]
             clusters = [B[i]['cluster'] for i in ids] if ids and all('cluster' in B[i] for i in ids) else None

@@ -321,8 +321,9 @@ def generate(model:Llama, input_ids:Tensor, attention_mask:Tensor|None=None, *, 
              do_sample:bool=False, temperature:float=1.0, top_k:int|None=None, top_p:float|None=None,
              repetition_penalty:float=1.0, num_beams:int=1, length_penalty:float=1.0, early_stopping:bool=False,
              eos_token_id:int|Sequence[int]|None=None, pad_token_id:int|None=None, stop_strings:Sequence[str]|None=None,
-             tokenizer=None, streamer=None, generator:torch.Generator|None=None) -> Tensor:
-    "Continue `input_ids` (left-padded, with `attention_mask`); return prompts and continuations `(batch, len)`."
+             tokenizer=None, streamer=None, generator:torch.Generator|None=None, cache:KVCache|None=None) -> Tensor:
+    """Continue `input_ids` (left-padded, with `attention_mask`); return prompts and continuations `(batch, len)`.
+    `cache` may already hold the first `cache.length` positions of every row (a shared prefix computed once)."""
     if input_ids.ndim == 1: input_ids = input_ids[None]
     B, T0 = input_ids.shape
     if attention_mask is None: attention_mask = torch.ones_like(input_ids)
@@ -335,13 +336,17 @@ def generate(model:Llama, input_ids:Tensor, attention_mask:Tensor|None=None, *, 
     pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
     if num_beams > 1:
         if do_sample: raise ValueError("beam search here is deterministic; use num_beams=1 with do_sample=True to sample")
+        if cache is not None: raise ValueError("beam search makes its own cache; pass cache=None with num_beams > 1")
         return _beam_search(model, input_ids, attention_mask, max_new_tokens, num_beams, eos_ids, pad,
                             length_penalty, early_stopping, repetition_penalty)
 
-    cache = model.make_cache(B, T0 + max_new_tokens)
+    if cache is None: cache = model.make_cache(B, T0 + max_new_tokens)
+    elif cache.length >= T0 or cache.max_len < T0 + max_new_tokens or cache.k.shape[1] != B:
+        raise ValueError(f"cache holds {cache.length} of {cache.max_len} positions for {cache.k.shape[1]} rows; generating needs fewer "
+                         f"than the prompt's {T0} cached and room for {T0 + max_new_tokens} in {B} rows")
     stopper = _Stopper(B, eos_ids, stop_strings, tokenizer, input_ids.device)
     seq = input_ids
-    logits = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1)[:, -1]
+    logits = model(input_ids[:, cache.length:], attention_mask=attention_mask, cache=cache, logits_to_keep=1)[:, -1]
     if streamer is not None and hasattr(streamer, 'put'): streamer.put(input_ids.cpu())
     for _ in range(max_new_tokens):
         scores = apply_repetition_penalty(logits.float(), seq, repetition_penalty)

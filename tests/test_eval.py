@@ -153,4 +153,4 @@ def test_eval_command_writes_a_run_folder(tmp_path):
     acc = summary['arithmetic_mc']['scores']['acc']
     assert f'{acc:10.4f}' in r.stdout and len((tmp_path / 'a' / 'items' / 'arithmetic_mc.jsonl').read_text().splitlines()) == 24
     r = subprocess.run([llmlab, 'eval', '--tasks', 'no_such_task', '--run-dir', str(tmp_path / 'b'), '--quiet'], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown built-in task 'no_such_task'" in r.stderr
+    assert r.returncode == 2 and "'no_such_task' is not an lm-eval task, group or tag" in r.stderr and 'arithmetic_mc' in r.stderr
