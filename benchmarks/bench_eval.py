@@ -25,11 +25,16 @@ from harness_data import _write, mmlu_rows   # noqa: E402  the tests' builders o
 def mmlu_5shot_data(root:Path) -> int:
     "cais/mmlu/<subject>/{dev,test}.jsonl: dev = the subject's own 5 questions, test = the next subject's (relabelled)."
     rows = mmlu_rows()
-    subjects = sorted(rows)
-    for i, s in enumerate(subjects):
-        _write(root / 'cais/mmlu' / s, 'dev', rows[s])
-        _write(root / 'cais/mmlu' / s, 'test', [dict(r, subject=s) for r in rows[subjects[(i + 1) % len(subjects)]]])
-    return sum(len(rows[s]) for s in subjects)
+    have = sorted(s for s in rows if rows[s])
+    n = 0
+    for s in sorted(rows):
+        nxt = next((t for t in have if t > s), have[0])
+        prv = next((t for t in reversed(have) if t < s), have[-1])
+        test = [dict(r, subject=s) for r in rows[nxt]]
+        dev = (rows[s] + rows[prv])[:5]     # MMLU has 5 per subject; the prompts' parse finds 0-5: the previous subject fills up
+        _write(root / 'cais/mmlu' / s, 'dev', [dict(r, subject=s) for r in dev]); _write(root / 'cais/mmlu' / s, 'test', test)
+        n += len(test)
+    return n
 
 
 def word_problems(n:int, seed:int=0) -> list[dict]:
@@ -56,12 +61,12 @@ def main():
     ap.add_argument('--repeats', type=int, default=2)
     ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--problems', type=int, default=32)
+    ap.add_argument('--subjects', type=int, default=57, help='the first N MMLU subjects (lm-eval on all 57 takes ~8 minutes a repeat here)')
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'bench_eval.json'))
     a = ap.parse_args()
     import importlib.metadata, logging, transformers
     transformers.logging.set_verbosity_error(); logging.getLogger('lm_eval').setLevel(logging.ERROR)
     from transformers import AutoModelForCausalLM
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from llmlab.checkpoints import cached_gguf, load_pretrained, load_tokenizer, resolve_source
     from llmlab.harness import LlmlabLM, _task_manager, local_datasets
@@ -72,55 +77,69 @@ def main():
     ours = load_pretrained('smollm2-135m-instruct', dtype='float32', progress=False)
     counters = {'hf': TokenCounter(hf.model.embed_tokens), 'llmlab': TokenCounter(ours.embed_tokens)}
     data = Path(tempfile.mkdtemp())
-    n_mc = mmlu_5shot_data(data)
+    mmlu_5shot_data(data)
     _write(data / 'openai/gsm8k/main', 'test', word_problems(a.problems))
     tm, _ = _task_manager(['mmlu', 'gsm8k_cot'])
+    subjects = sorted(n for n in tm.all_tasks if n.startswith('mmlu_') and (data / 'cais/mmlu' / n[5:]).is_dir())[:a.subjects]
+    requests = {}   # lm-eval builds every request once (prompts, few-shot examples); each system answers the same list
+    with local_datasets(data):
+        for task, kind in (('mmlu', 'loglikelihood'), ('gsm8k_cot', 'generate_until')):
+            loaded = tm.load(subjects if task == 'mmlu' else [task])['tasks']
+            insts = []
+            for t in loaded.values():
+                if task == 'mmlu': t.set_config(key='num_fewshot', value=5)   # as `--num_fewshot 5`: MMLU's YAML alone is 0-shot
+                t.build_all_requests(rank=0, world_size=1)
+                insts += t.instances
+            if kind == 'generate_until':
+                for r in insts: r.arguments = (r.arguments[0], {**r.arguments[1], 'max_gen_toks': 64})
+            requests[task] = (kind, insts)
     bs = a.batch_size
-    systems = {'lm-eval HFLM (transformers model)': (lambda: HFLM(pretrained=hf, tokenizer=tok, batch_size=bs), 'hf'),
-               'llmlab (same transformers model)': (lambda: LlmlabLM(model=hf, tokenizer=tok, batch_size=bs), 'hf'),
-               'llmlab (llmlab model)': (lambda: LlmlabLM(model=ours, tokenizer=tok, batch_size=bs), 'llmlab')}
-    tasks = {'mmlu 5-shot (multiple choice)': ('mmlu', 'acc,none'),
-             'gsm8k_cot (generate_until)': ('gsm8k_cot', 'exact_match,strict-match')}
+    systems = {'lm-eval HFLM (transformers model)': (HFLM(pretrained=hf, tokenizer=tok, batch_size=bs), 'hf'),
+               'llmlab (same transformers model)': (LlmlabLM(model=hf, tokenizer=tok, batch_size=bs), 'hf'),
+               'llmlab (llmlab model)': (LlmlabLM(model=ours, tokenizer=tok, batch_size=bs), 'llmlab')}
+    names = {'mmlu': f'mmlu 5-shot ({len(subjects)} subjects), {len(requests["mmlu"][1])} loglikelihood requests',
+             'gsm8k_cot': f'gsm8k_cot, {len(requests["gsm8k_cot"][1])} generations'}
 
     def run(system, task):
-        make, counter = systems[system]
-        name, metric = tasks[task]
+        lm, counter = systems[system]
+        kind, insts = requests[task]
         before = counters[counter].n
         t = time.perf_counter()
-        with local_datasets(data):
-            out = simple_evaluate(model=make(), tasks=[name], task_manager=tm, gen_kwargs={'max_gen_toks': 64} if 'gsm8k' in name else None,
-                                  log_samples=True, verbosity='ERROR', bootstrap_iters=0)
-        seconds = time.perf_counter() - t
-        res = out['results'][name]
-        answers = sorted((s['doc_id'], str(s['resps'])) for t_, ss in out['samples'].items() for s in ss) if 'gsm8k' in name else None
-        return seconds, res[metric], counters[counter].n - before, answers
+        answers = getattr(lm, kind)(insts, disable_tqdm=True)
+        return time.perf_counter() - t, answers, counters[counter].n - before
 
-    timings, results = {(s, t): [] for s in systems for t in tasks}, {}
+    timings, results = {(s, t): [] for s in systems for t in requests}, {}
     for rep in range(a.repeats):
-        for task in tasks:
+        for task in requests:
             for system in systems:
-                seconds, score, tokens, answers = run(system, task)
+                seconds, answers, tokens = run(system, task)
                 timings[system, task].append(seconds)
-                results[system, task] = (score, tokens, answers)
-                print(f"  repeat {rep + 1}: {task:<32} {system:<36} {seconds:7.1f}s", flush=True)
+                results[system, task] = (answers, tokens)
+                print(f"  repeat {rep + 1}: {names[task]:<42} {system:<36} {seconds:7.1f}s", flush=True)
     rows = []
-    print(f"\nlm-eval's own task definitions, SmolLM2-135M-Instruct float32, CPU, {torch.get_num_threads()} threads, batch {bs}, "
+    print(f"\nlm-eval's own requests, SmolLM2-135M-Instruct float32, CPU, {torch.get_num_threads()} threads, batch {bs}, "
           f"median of {a.repeats} alternating repeats (lm-eval {importlib.metadata.version('lm-eval')})")
-    print(f"{'task':<32} {'system':<36} {'seconds':>8} {'speedup':>8} {'score':>7} {'tokens run':>11}")
-    for task in tasks:
+    print(f"{'requests':<42} {'system':<36} {'seconds':>8} {'speedup':>8} {'tokens run':>11} {'max |d ll|':>10}")
+    for task, (kind, insts) in requests.items():
         base_key = ('lm-eval HFLM (transformers model)', task)
-        base = statistics.median(timings[base_key])
+        base, ref = statistics.median(timings[base_key]), results[base_key][0]
         for system in systems:
-            score, tokens, answers = results[system, task]
-            assert score == results[base_key][0], (task, system, score, results[base_key][0])   # the same answers, or no comparison
-            if answers is not None and system != 'llmlab (llmlab model)': assert answers == results[base_key][2], (task, system)
+            answers, tokens = results[system, task]
+            if kind == 'loglikelihood':
+                diff = max(abs(x[0] - y[0]) for x, y in zip(answers, ref))
+                # the same answers, or no comparison: 1e-4 on the same model object, 1e-3 on llmlab's model (SDPA, own sums)
+                assert diff <= (1e-4 if 'same' in system or 'HFLM' in system else 1e-3), (system, diff)
+            else:
+                diff = float('nan')
+                same = sum(x == y for x, y in zip(answers, ref))
+                if 'llmlab model' not in system: assert same == len(ref), (system, same, len(ref))   # greedy: token-identical
             t = statistics.median(timings[system, task])
-            rows.append(dict(task=task, system=system, seconds=t, speedup=base / t, score=score, tokens_run=tokens,
-                             repeats=timings[system, task]))
-            print(f"{task:<32} {system:<36} {t:>8.1f} {base / t:>7.2f}x {score:>7.3f} {tokens:>11,}")
+            rows.append(dict(requests=names[task], system=system, seconds=t, speedup=base / t, tokens_run=tokens, max_loglikelihood_difference=diff,
+                             identical_generations=None if kind == 'loglikelihood' else same, repeats=timings[system, task]))
+            print(f"{names[task]:<42} {system:<36} {t:>8.1f} {base / t:>7.2f}x {tokens:>11,} {diff:>10.2g}")
     print("speedup > 1: faster than lm-eval's HF backend on the same model object")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(dict(benchmark='bench_eval', mc_items=n_mc, problems=a.problems, batch_size=bs,
+    Path(a.out).write_text(json.dumps(dict(benchmark='bench_eval', mc_subjects=len(subjects), mc_requests=len(requests['mmlu'][1]), problems=a.problems, batch_size=bs,
                                            threads=torch.get_num_threads(), repeats=a.repeats, torch=torch.__version__,
                                            transformers=transformers.__version__, lm_eval=importlib.metadata.version('lm-eval'),
                                            machine=platform.machine(), rows=rows), indent=2))

@@ -5,7 +5,10 @@ import pytest
 from llmlab.core import assert_close
 from harness_data import write_catalogue_data
 
-CATALOGUE = ['mmlu_abstract_algebra', 'hellaswag', 'lambada_openai', 'gsm8k', 'gsm8k_cot', 'wikitext']
+CATALOGUE = ['hellaswag', 'lambada_openai', 'gsm8k', 'gsm8k_cot', 'wikitext']
+# MMLU's YAML alone is 0-shot (lm_eval --num_fewshot 5 makes it 5-shot): a local file includes the catalogue's and sets 5,
+# as a lab keeps its own variants
+MMLU_5SHOT = 'task: mmlu_abstract_algebra_5shot\ninclude: {catalogue}/mmlu/default/mmlu_abstract_algebra.yaml\ntag: null\nnum_fewshot: 5\n'
 
 
 def _responses(out):
@@ -20,31 +23,38 @@ def _loglikelihood(resp):
 
 @pytest.mark.slow
 def test_catalogue_tasks_match_lm_eval_item_by_item(hf_smol, smol, tokenizer, tmp_path, monkeypatch):
-    """lm-eval's catalogue definitions as shipped (MMLU subject with its dev-split few-shot, HellaSwag with its process_docs,
-    LAMBADA, GSM8K with its regex filters, WikiText rolling with its !function detokenizer) on local data of the same shape:
-    every log-likelihood and every greedy generation equal to lm-eval's HF backend's, on the same model object."""
+    """lm-eval's catalogue definitions as shipped (an MMLU subject 5-shot from its dev split, through a local file that includes
+    the catalogue's; HellaSwag with its process_docs; LAMBADA; GSM8K and GSM8K-CoT with their regex filters; WikiText rolling
+    with its !function detokenizer) on local data of the same shape: every log-likelihood and every greedy generation equal
+    to lm-eval's HF backend's, on the same model object."""
     monkeypatch.setenv('HF_DATASETS_OFFLINE', '1'); monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
     from llmlab.harness import LlmlabLM, evaluate_harness, local_datasets
     data = write_catalogue_data(tmp_path / 'data')
+    (tmp_path / 'tasks').mkdir()
+    (tmp_path / 'tasks' / 'mmlu_5shot.yaml').write_text(MMLU_5SHOT.format(catalogue=Path(__import__('lm_eval').__file__).parent / 'tasks'))
+    tasks = ['mmlu_abstract_algebra_5shot'] + CATALOGUE
     # a WikiText page of ~1,500 tokens spans two rolling windows of 1,024; every prompt fits (GSM8K-CoT's 8 examples: ~750 tokens)
     max_length, gen = 1024, {'max_gen_toks': 64}
     with local_datasets(data):
         ref_out = simple_evaluate(model=HFLM(pretrained=hf_smol, tokenizer=tokenizer, batch_size=8, max_length=max_length),
-                                  tasks=CATALOGUE, gen_kwargs=gen, log_samples=True, verbosity='ERROR', bootstrap_iters=0)
+                                  tasks=tasks, task_manager=TaskManager(include_path=str(tmp_path / 'tasks')), gen_kwargs=gen,
+                                  log_samples=True, verbosity='ERROR', bootstrap_iters=0)
     ref = _responses(ref_out)
     ref_docs = {int(s['doc_id']): s['arguments'][0][0] for s in ref_out['samples']['wikitext']}
-    assert {t: len(v) for t, v in ref.items()} == {'mmlu_abstract_algebra': 8, 'hellaswag': 6, 'lambada_openai': 10, 'gsm8k': 3,
+    assert {t: len(v) for t, v in ref.items()} == {'mmlu_abstract_algebra_5shot': 8, 'hellaswag': 6, 'lambada_openai': 10, 'gsm8k': 3,
                                                   'gsm8k_cot': 3, 'wikitext': 2}
+    assert ref_out['samples']['mmlu_abstract_algebra_5shot'][0]['arguments'][0][0].count('\nAnswer:') == 6    # 5 examples + the question
     # the model answers in each task's format, so the regex filters have work
     assert any('#### ' in ref['gsm8k'][i][0][0] for i in ref['gsm8k']) and any('The answer is' in ref['gsm8k_cot'][i][0][0] for i in ref['gsm8k_cot'])
     for model, tol in ((hf_smol, 1e-4), (smol, 1e-3)):
         lm = LlmlabLM(model=model, tokenizer=tokenizer, batch_size=8, max_length=max_length)
-        results = evaluate_harness(lm, CATALOGUE, run_dir=tmp_path / f'run_{type(model).__name__}', data_dir=data, gen_kwargs=gen,
-                                   bootstrap_iters=0)
+        results = evaluate_harness(lm, tasks, run_dir=tmp_path / f'run_{type(model).__name__}', data_dir=data, gen_kwargs=gen,
+                                   include_path=tmp_path / 'tasks', bootstrap_iters=0)
         ours = {t: {it['id']: it for it in r.items} for t, r in results.items()}
-        for task in ('mmlu_abstract_algebra', 'hellaswag', 'lambada_openai', 'wikitext'):
+        for task in ('mmlu_abstract_algebra_5shot', 'hellaswag', 'lambada_openai', 'wikitext'):
             for i, resps in ref[task].items():
                 # observed: 0 on lm-eval's own model object; llmlab's model (SDPA, another summation order) 5e-5 per request
                 # a WikiText document's log-likelihood is a float32 sum over ~650-1,500 tokens; lm-eval pads on the right to the batch's
