@@ -44,6 +44,13 @@ install: | $(BIN)/python
 			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null || \
 			(apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null); \
 		else echo "chromium is missing: install it (sudo apt-get install chromium) for tests/test_browser.py"; fi; fi
+	@# tests/test_slurm.py starts its own Slurm (slurmctld, slurmd, munged) on this machine from Debian's packages
+	@if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's slurm-wlm and munge for the Slurm tests"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null || \
+			(apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null); \
+		else echo "Slurm is missing: install it (sudo apt-get install slurm-wlm munge) for tests/test_slurm.py"; fi; fi
 
 quickstart: install
 	$(BIN)/llmlab quickstart

@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/cli.html.md"""
 
 # %% ../nbs/13_cli.ipynb #65c4cafe
 from __future__ import annotations
-import argparse, codecs, importlib.util, json, sys, time
+import argparse, codecs, importlib.util, json, shutil, sys, time
 from pathlib import Path
 
 import torch
@@ -70,7 +70,10 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
                    perplexity_text='zen_of_python', perplexity_tokens=ids.shape[1], perplexity=ppl)
     if train_minutes > 0:
         say(f"\n[4/{n_steps}] Training a small Llama from scratch on the Python standard library for {train_minutes:g} minutes")
-        t = train_from_config(QUICKSTART_TRAIN, run_dir=str(Path(run_dir or 'runs/quickstart') / 'train'), max_minutes=train_minutes)
+        train_dir = Path(run_dir or 'runs/quickstart') / 'train'
+        if train_dir.exists():   # a run folder holds one run: the quickstart's demo run starts afresh each time
+            say(f"      (replacing the previous quickstart training run in {train_dir})"); shutil.rmtree(train_dir)
+        t = train_from_config(QUICKSTART_TRAIN, run_dir=str(train_dir), max_minutes=train_minutes)
         say(f"      {t['parameters'] / 1e6:.1f}M parameters, {t['step']} steps, {t['tokens'] / 1e6:.2f}M tokens: "
             f"validation loss {t.get('val_loss', float('nan')):.3f} (perplexity {t.get('val_perplexity', float('nan')):.1f}); "
             f"loss curve in {Path(t['run_dir']) / 'loss.png'}")
@@ -229,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--baseline', default=None, help='run folder to compare with')
     e.add_argument('--device', default='auto'); e.add_argument('--dtype', default='float32')
     e.add_argument('--quiet', action='store_true')
+    la = sub.add_parser('launch', help='submit `llmlab train CONFIG` as a Slurm job (torchrun on every node; a requeued job resumes)')
+    la.add_argument('config', help='YAML or TOML with model, data and train sections')
+    la.add_argument('--nodes', type=int, default=1); la.add_argument('--nproc-per-node', type=int, default=1, help='processes per node (one per GPU)')
+    la.add_argument('--gpus-per-node', type=int, default=0); la.add_argument('--cpus-per-task', type=int, default=None, help='CPUs per node (default: one per process)')
+    for k in ('partition', 'time', 'account', 'qos', 'job-name'): la.add_argument(f'--{k}', default=None)
+    la.add_argument('--no-requeue', dest='requeue', action='store_false', help='do not let Slurm requeue the job')
+    la.add_argument('--sbatch-arg', action='append', default=[], help='another sbatch option, repeatable: --sbatch-arg=--exclusive')
+    la.add_argument('--setup', action='append', default=[], help="a shell line before torchrun, repeatable: --setup 'module load cuda'")
+    la.add_argument('--run-dir', default=None); la.add_argument('--max-steps', type=int, default=None); la.add_argument('--max-minutes', type=float, default=None)
+    la.add_argument('--dry-run', action='store_true', help='print the batch script and submit nothing')
+    la.add_argument('--wait', action='store_true', help='wait for the job to end; exit status 0 only if it completed')
     pl = sub.add_parser('plan', help='memory per GPU and step time of a training layout (no GPU needed)')
     pl.add_argument('--model', default='llama3-70b', help="llama3-70b, a known name, an HF directory, or a config.json/YAML file")
     for k, d in (('dp', 1), ('fsdp', 1), ('tp', 1), ('pp', 1), ('micro-batches', 1), ('zero-stage', 3), ('batch-size', 1), ('seq-len', 4096)):
@@ -239,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument('--optimizer', default='adamw')
     pl.add_argument('--claim', type=float, default=None, help='a claimed throughput in tokens/s for all GPUs: what it implies per GPU')
     return p
+
+def _launch_cmd(a) -> int:
+    from llmlab.launch import SlurmConfig, launch_slurm
+    slurm = SlurmConfig(nodes=a.nodes, nproc_per_node=a.nproc_per_node, gpus_per_node=a.gpus_per_node, cpus_per_task=a.cpus_per_task,
+                        partition=a.partition, time=a.time, account=a.account, qos=a.qos, job_name=a.job_name, requeue=a.requeue,
+                        sbatch_args=a.sbatch_arg, setup=a.setup)
+    job = launch_slurm(a.config, slurm, run_dir=a.run_dir, train_overrides={'max_steps': a.max_steps, 'max_minutes': a.max_minutes},
+                       dry_run=a.dry_run)
+    if a.dry_run: print(job, end=''); return 0
+    print(f"submitted job {job.job_id}: log {job.log}; `squeue -j {job.job_id}`, or in JupyterLab "
+          f"llmlab.widgets.TrainingMonitor({str(job.run_dir)!r}) follows it")
+    if not a.wait: return 0
+    state = job.wait()
+    print(f"job {job.job_id} ended: {state}")
+    return 0 if state == 'COMPLETED' else 1
 
 def _model_config_for(name:str):
     from llmlab.memory import LLAMA3_70B, as_model_config
@@ -274,6 +303,7 @@ def main(argv=None) -> int:
         elif a.command == 'eval': _eval_cmd(a)
         elif a.command == 'train': _train_cmd(a)
         elif a.command == 'plan': _plan_cmd(a)
+        elif a.command == 'launch': return _launch_cmd(a)
     except (LlmlabError, FileNotFoundError) as e:
         print(f"llmlab {a.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

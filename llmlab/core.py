@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['LlmlabError', 'ConfigError', 'CheckpointError', 'UnknownNameError', 'Registry', 'Config', 'load_config_file',
-           'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'assert_close', 'git_revision',
-           'environment_info', 'init_run_dir', 'write_json_atomic']
+__all__ = ['LlmlabError', 'ConfigError', 'CheckpointError', 'RunFolderError', 'UnknownNameError', 'Registry', 'Config',
+           'load_config_file', 'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'assert_close',
+           'git_revision', 'environment_info', 'init_run_dir', 'write_json_atomic']
 
 # %% ../nbs/00_core.ipynb #d9411469
 class LlmlabError(Exception):
@@ -28,6 +28,9 @@ class ConfigError(LlmlabError, ValueError):
 
 class CheckpointError(LlmlabError, ValueError):
     "A checkpoint (directory, safetensors or GGUF file) is missing, incomplete or unsupported."
+
+class RunFolderError(LlmlabError, ValueError):
+    "A run folder that cannot be read, or that holds another run, with the reason."
 
 class UnknownNameError(LlmlabError, LookupError):
     "A name (model, backend, ...) that no registry knows."

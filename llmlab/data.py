@@ -115,8 +115,14 @@ class TokenShards:
         return {'input_ids': ids[:-1], 'labels': ids[1:], 'doc_starts': torch.from_numpy(starts.astype(np.int64))}
 
 def build_shards(docs:Sequence[str], tokenizer, path, num_proc:int|None=None, progress:bool=True, force:bool=False) -> Path:
-    "Tokenize and pack `docs` into `path` (once: an index with the same fingerprint is reused)."
+    """Tokenize and pack `docs` into `path` (once: an index with the same fingerprint is reused). Processes that build the
+    same shards at once (every rank of a job) take turns through a lock file: one builds, the others find its index."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+    with FileLock(str(path) + '.lock'): return _build_shards(docs, tokenizer, path, num_proc, progress, force)
+
+def _build_shards(docs, tokenizer, path:Path, num_proc, progress, force) -> Path:
     eos = tokenizer.eos_token_id
     if eos is None: raise ConfigError("the tokenizer has no eos_token_id to separate documents; set tokenizer.eos_token = ...")
     name = getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)

@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/train.html.md"""
 
 # %% ../nbs/08_train.ipynb #8ab845d0
 from __future__ import annotations
-import atexit, contextlib, gc, json, math, os, resource, shutil, sys, time, weakref
+import atexit, contextlib, gc, json, math, os, resource, shutil, socket, sys, threading, time, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -17,16 +17,20 @@ from tqdm.auto import tqdm
 
 from accelerate.utils import DistributedType
 
-from .core import CheckpointError, Config, ConfigError, LlmlabError, init_run_dir, seed_everything, write_json_atomic
+from .core import (CheckpointError, Config, ConfigError, LlmlabError, RunFolderError, git_revision, init_run_dir,
+                         seed_everything, write_json_atomic)
 from .data import ResumableSampler
 from .memory import checkpoint_model
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint', 'NonFiniteLossError', 'flops_per_token',
-           'Trainer', 'read_metrics', 'plot_metrics', 'add_lora']
+__all__ = ['TRACKERS', 'HEARTBEAT_SECONDS', 'RESUMABLE_KEYS', 'TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint',
+           'TrackerError', 'start_trackers', 'Heartbeat', 'read_heartbeats', 'check_run_folder', 'NonFiniteLossError',
+           'flops_per_token', 'Trainer', 'read_metrics', 'plot_metrics', 'add_lora']
 
 # %% ../nbs/08_train.ipynb #48494a34
+TRACKERS = {'tensorboard': 'tensorboard', 'mlflow': 'mlflow', 'wandb': 'wandb'}   # Accelerate's tracker name -> the package it needs
+
 @dataclass
 class TrainConfig(Config):
     "How to train: steps, batch, optimizer, schedule, precision, evaluation, checkpoints."
@@ -56,7 +60,7 @@ class TrainConfig(Config):
     activation_checkpointing: bool = False   # recompute activations in the backward pass, as `checkpoint_policy` says
     checkpoint_policy: str = 'full'          # full, every_N, attention, mlp, selective, offload (llmlab.memory.checkpoint_model)
     compile: bool = False                    # torch.compile the model
-    trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers, used when installed
+    trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers: tensorboard, mlflow, wandb ([] for none)
     peak_tflops: Optional[float] = None      # the hardware's peak per process, for MFU (e.g. 989 for an H100 in bf16)
     parallelism: Literal['ddp', 'fsdp', 'deepspeed'] = 'ddp'   # how the processes share the model (one process: no sharing)
     tp_size: int = 1                         # tensor-parallel degree; with parallelism='fsdp' the mesh is (processes / tp_size, tp_size)
@@ -69,6 +73,8 @@ class TrainConfig(Config):
             if getattr(self, k) <= 0: raise ConfigError(f"{self._where(k)}={getattr(self, k)} must be positive")
         if self.warmup_steps < 0: raise ConfigError(f"{self._where('warmup_steps')}={self.warmup_steps} must be >= 0")
         if not 0 < self.decay_fraction <= 1: raise ConfigError(f"{self._where('decay_fraction')}={self.decay_fraction} must be in (0, 1]")
+        for k in self.trackers:
+            if k not in TRACKERS: raise ConfigError(f"{self._where('trackers')} has {k!r}; choose from {', '.join(TRACKERS)} ([] for none)")
         known = ('attention', 'rmsnorm', 'rope', 'swiglu', 'linear_cross_entropy')
         for k in self.kernels:
             if k not in known: raise ConfigError(f"{self._where('kernels')} has {k!r}; choose from {', '.join(known)}")
@@ -117,6 +123,110 @@ def latest_checkpoint(run_dir) -> Path|None:
     ckpt = Path(run_dir) / 'checkpoints' / json.loads(p.read_text())['name']
     return ckpt if ckpt.exists() else None
 
+# %% ../nbs/08_train.ipynb #bd2cb7b1
+class TrackerError(LlmlabError):
+    "An experiment tracker that was asked for cannot run: what to install or set."
+
+def _tracker_params(c:TrainConfig) -> dict:
+    "The config as flat tracker parameters (lists as text) and llmlab's git revision."
+    params = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in c.to_dict().items() if v is not None}
+    return {**params, 'git_revision': git_revision(Path(__import__('llmlab').__file__).parent) or 'unknown'}
+
+def start_trackers(acc, c:TrainConfig, run_dir:Path):
+    "Start the trackers of `c.trackers` on `acc` (main process) as the section above says."
+    import importlib.util
+    for name in c.trackers:
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise TrackerError(f"trackers has {name!r} but {TRACKERS[name]} is not installed: pip install 'llmlab[{name}]' "
+                               f"(or take {name!r} out of trackers)")
+    if not c.trackers: return
+    ids_file = run_dir / 'trackers.json'
+    ids = json.loads(ids_file.read_text()) if ids_file.exists() else {}
+    params = _tracker_params(c)
+    kwargs = {}
+    if 'mlflow' in c.trackers:
+        import mlflow
+        if not os.environ.get('MLFLOW_TRACKING_URI'): mlflow.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+        kwargs['mlflow'] = {'run_name': run_dir.name, 'run_id': ids.get('mlflow'),
+                            'tags': {'llmlab.git_revision': params['git_revision'], 'llmlab.run_dir': str(run_dir.resolve())}}
+    if 'wandb' in c.trackers:
+        kwargs['wandb'] = {'dir': str(run_dir), 'name': run_dir.name, 'id': ids.get('wandb'), 'resume': 'allow'}
+    try:
+        acc.init_trackers(run_dir.name, config=params, init_kwargs=kwargs)
+    except Exception as e:
+        hint = (" For W&B: `wandb login`, or WANDB_MODE=offline to keep the run in the run folder." if 'wandb' in c.trackers else '')
+        raise TrackerError(f"the trackers {c.trackers} failed to start: {type(e).__name__}: {e}.{hint} "
+                           f"Or take the failing one out of trackers.") from e
+    if acc.is_main_process:
+        if 'mlflow' in c.trackers: ids['mlflow'] = acc.get_tracker('mlflow', unwrap=True).info.run_id
+        if 'wandb' in c.trackers: ids['wandb'] = acc.get_tracker('wandb', unwrap=True).id
+        write_json_atomic(ids_file, ids)
+
+# %% ../nbs/08_train.ipynb #8be739da
+HEARTBEAT_SECONDS = 1.0
+
+class Heartbeat:
+    "Rewrites `<run_dir>/ranks/rank-<rank>.json` every `interval` seconds from a thread until `stop(status)`."
+    def __init__(self, run_dir, rank:int, world_size:int, interval:float=HEARTBEAT_SECONDS):
+        self.path = Path(run_dir) / 'ranks' / f'rank-{rank:05d}.json'
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.info = {'rank': rank, 'world_size': world_size, 'host': socket.gethostname(), 'pid': os.getpid(),
+                     'started': time.time(), 'status': 'running', 'step': 0}
+        self.interval, self._stopped = interval, threading.Event()
+        self.beat()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f'llmlab-heartbeat-{rank}')
+        self.thread.start()
+
+    def update(self, **fields): self.info.update(fields)
+    def beat(self): write_json_atomic(self.path, {**self.info, 'time': time.time()})
+
+    def _run(self):
+        while not self._stopped.wait(self.interval):
+            try: self.beat()
+            except OSError: pass   # a full disk must not stop training; the rank will look dead, which says something is wrong
+
+    def stop(self, status:str='finished'):
+        self._stopped.set(); self.thread.join()
+        self.info['status'] = status; self.beat()
+
+def _process_gone(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except PermissionError: pass   # someone else's process: it exists
+    return False
+
+def read_heartbeats(run_dir, dead_after:float=5 * HEARTBEAT_SECONDS, now:float|None=None) -> list[dict]:
+    "Each rank's last heartbeat with `state`: running, dead (silent for `dead_after` s or its process gone), finished or failed."
+    now, out = now or time.time(), []
+    for f in sorted((Path(run_dir) / 'ranks').glob('rank-*.json')):
+        try: hb = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError): continue   # replaced while reading: the next look finds it whole
+        hb['age'] = now - hb['time']
+        silent = hb['age'] > dead_after or (hb['host'] == socket.gethostname() and _process_gone(hb['pid']))
+        hb['state'] = hb['status'] if hb['status'] != 'running' else ('dead' if silent else 'running')
+        out.append(hb)
+    return out
+
+# %% ../nbs/08_train.ipynb #9063f802
+RESUMABLE_KEYS = ('run_dir', 'resume', 'max_steps', 'max_minutes', 'progress', 'trackers', 'log_every', 'eval_every', 'eval_batches',
+                  'save_every', 'keep_last', 'peak_tflops')   # may differ between a run and its continuation
+
+def check_run_folder(run_dir, config:TrainConfig):
+    "Raise `RunFolderError` if `run_dir` holds another run, or a run that `config` would start over instead of resuming."
+    run_dir = Path(run_dir)
+    if not (run_dir / 'run.json').exists(): return
+    try: theirs = json.loads((run_dir / 'run.json').read_text()).get('config', {})
+    except json.JSONDecodeError: raise RunFolderError(f"{run_dir / 'run.json'} is not JSON: not a run folder llmlab can continue; use a new run_dir") from None
+    ours = config.to_dict()
+    differ = [k for k in sorted(set(ours) | set(theirs)) if k not in RESUMABLE_KEYS and json.dumps(ours.get(k)) != json.dumps(theirs.get(k))]
+    if differ:
+        shown = ', '.join(f"{k}: {ours.get(k)!r} here, {theirs.get(k)!r} there" for k in differ[:4])
+        raise RunFolderError(f"{run_dir} holds another run ({shown}): choose a new run_dir, or delete that folder to start over; nothing was written")
+    steps = (run_dir / 'metrics.jsonl').exists() and (run_dir / 'metrics.jsonl').stat().st_size > 0
+    if config.resume is None and (steps or (run_dir / 'checkpoints' / 'latest.json').exists()):
+        raise RunFolderError(f"{run_dir} already holds this run's steps: resume='auto' (`llmlab train --resume auto`) continues it; "
+                             "a new run needs a new run_dir; nothing was written")
+
 # %% ../nbs/08_train.ipynb #f17db724
 class NonFiniteLossError(LlmlabError):
     "Too many consecutive steps had a non-finite loss or gradient."
@@ -133,17 +243,11 @@ def flops_per_token(model, seq_len:int) -> float:
     heads, head_dim = cfg.num_attention_heads, getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
     return 6.0 * n + 12.0 * cfg.num_hidden_layers * heads * head_dim * seq_len
 
-def _available_trackers(names) -> list[str]:
-    import importlib.util
-    module = {'tensorboard': 'tensorboard', 'wandb': 'wandb', 'mlflow': 'mlflow'}
-    return [n for n in names if importlib.util.find_spec(module.get(n, n)) is not None]
-
 def _make_accelerator(c:TrainConfig):
     from accelerate import Accelerator
-    trackers = _available_trackers(c.trackers)
     from accelerate.utils import ProjectConfiguration
     project = ProjectConfiguration(project_dir=c.run_dir, logging_dir=str(Path(c.run_dir) / 'tensorboard'))
-    common = dict(mixed_precision=c.mixed_precision, log_with=trackers or None, project_config=project)
+    common = dict(mixed_precision=c.mixed_precision, log_with=list(c.trackers) or None, project_config=project)
     if c.parallelism != 'deepspeed': return Accelerator(cpu=not torch.cuda.is_available(), **common)
     from accelerate import DeepSpeedPlugin
     from accelerate.utils import InitProcessGroupKwargs
@@ -359,10 +463,19 @@ class Trainer:
 
     # -- the loop
     def fit(self) -> dict:
+        "Train until `max_steps`, the time budget or `should_stop`; returns the summary (also in `summary.json`)."
+        check_run_folder(self.run_dir, self.config)   # every rank, before any of them writes
+        heartbeat = Heartbeat(self.run_dir, self.accelerator.process_index, self.accelerator.num_processes)
+        try: summary = self._fit(heartbeat)
+        except BaseException: heartbeat.stop('failed'); raise
+        heartbeat.stop('finished')
+        return summary
+
+    def _fit(self, heartbeat:Heartbeat) -> dict:
         c, acc, st = self.config, self.accelerator, self.state
         if acc.is_main_process and not (self.run_dir / 'run.json').exists():
             init_run_dir(self.run_dir, c, seed=c.seed, kind='train')
-        if acc.log_with: acc.init_trackers(self.run_dir.name, config={k: v for k, v in c.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        start_trackers(acc, c, self.run_dir)
         resume = latest_checkpoint(self.run_dir) if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
         if resume is not None:
             self.load_checkpoint(resume)
@@ -398,6 +511,7 @@ class Trainer:
             self.scheduler.step()
             if not self.deepspeed: self.optimizer.zero_grad(set_to_none=True)
             st.step += 1
+            heartbeat.update(step=st.step)
             bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
             record = {'step': st.step, 'loss': float(mean_loss), 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm,
                       'tokens': st.tokens}
@@ -416,6 +530,8 @@ class Trainer:
                 record.update(tokens_per_second=tps, peak_memory_mb=_peak_memory_mb(acc.device),
                               model_tflops=tps * self.flops_per_token / 1e12 if tps else None)
                 if c.peak_tflops and tps: record['mfu'] = record['model_tflops'] / (c.peak_tflops * acc.num_processes)
+                heartbeat.update(tokens_per_second=tps / self.dp_size if tps else None, peak_memory_mb=record['peak_memory_mb'],
+                                 mfu=record.get('mfu'))   # this rank's share: tokens/s of its data-parallel replica
                 t0, tokens0 = time.perf_counter(), st.tokens
                 self._log(record); last = record
                 bar.set_postfix_str(f"step {st.step}, loss {record['loss']:.3f}" if c.max_minutes is not None else f"loss {record['loss']:.3f}")

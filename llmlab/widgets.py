@@ -6,19 +6,20 @@ Docs: https://llmlab.github.io/llmlab/widgets.html.md"""
 
 # %% ../nbs/12_widgets.ipynb #afae991f
 from __future__ import annotations
-import html, json, threading
+import html, json, threading, time
 from pathlib import Path
 
 import torch
 import ipywidgets as W
 from IPython.display import display
 
-from .core import LlmlabError
+from .core import RunFolderError
+from .train import read_heartbeats
 from .interp import attention_pattern, logit_lens
 
 # %% auto #0
-__all__ = ['METRICS', 'message', 'RunFolderError', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run', 'EvalDashboard',
-           'token_probabilities', 'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer', 'PatchingViewer']
+__all__ = ['METRICS', 'message', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run', 'EvalDashboard', 'token_probabilities',
+           'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer', 'PatchingViewer']
 
 # %% ../nbs/12_widgets.ipynb #94e3b76a
 def message(text:str, kind:str='error') -> W.HTML:
@@ -41,7 +42,6 @@ class _Widget:
 # %% ../nbs/12_widgets.ipynb #87285b3f
 METRICS = ('loss', 'lr', 'grad_norm', 'tokens_per_second', 'mfu', 'peak_memory_mb')
 
-class RunFolderError(LlmlabError, ValueError): "A run folder that cannot be read, with the reason."
 
 def read_run_metrics(run_dir) -> list[dict]:
     "The records of `run_dir/metrics.jsonl`; a half-written last line (a run still writing) is ignored."
@@ -63,22 +63,27 @@ def read_run_metrics(run_dir) -> list[dict]:
     return records
 
 class TrainingMonitor(_Widget):
-    def __init__(self, run_dir=None, trainer=None, every:int=10):
+    def __init__(self, run_dir=None, trainer=None, every:int=10, watch:bool|None=None, interval:float=2.0, dead_after:float=5.0):
         if run_dir is None and trainer is None: raise ValueError("give a run folder or a Trainer")
         self.run_dir, self.trainer, self.every = Path(run_dir or trainer.run_dir), trainer, every
+        self.interval, self.dead_after, self._watching = interval, dead_after, threading.Event()
+        self._lock = threading.RLock()   # the watcher thread and the controls may redraw at once
         self.metric = W.Dropdown(options=METRICS, value='loss', description='metric')
         self.smoothing = W.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description='smoothing')
         self.stop_button = W.Button(description='Stop', button_style='danger', icon='stop')
         self.checkpoint_button = W.Button(description='Checkpoint now', icon='save')
-        self.status, self.plot = W.HTML(), W.Output()
+        self.status, self.ranks_html, self.plot = W.HTML(), W.HTML(), W.Output()
         self.stop_requested = self.checkpoint_requested = False
         self.stop_button.on_click(lambda _: setattr(self, 'stop_requested', True))
         self.checkpoint_button.on_click(lambda _: setattr(self, 'checkpoint_requested', True))
         for w in (self.metric, self.smoothing): w.observe(lambda change: self.refresh(), names='value')
-        self.widget = W.VBox([W.HBox([self.metric, self.smoothing, self.stop_button, self.checkpoint_button]), self.status, self.plot],
-                             layout=W.Layout(border='1px solid #ddd', padding='6px'))
+        if trainer is None:   # the buttons act on a Trainer in this kernel; a job elsewhere is stopped by its launcher
+            for b in (self.stop_button, self.checkpoint_button): b.layout.display = 'none'
+        self.widget = W.VBox([W.HBox([self.metric, self.smoothing, self.stop_button, self.checkpoint_button]), self.status,
+                              self.ranks_html, self.plot], layout=W.Layout(border='1px solid #ddd', padding='6px'))
         self.widget.add_class('llmlab-training-monitor')
         self.refresh()
+        if watch if watch is not None else trainer is None: self.watch()
 
     def series(self, metric:str|None=None) -> tuple[list[int], list[float]]:
         "Steps and values of `metric` (the selected one by default), exponentially smoothed as the slider says."
@@ -91,22 +96,78 @@ class TrainingMonitor(_Widget):
         return [s for s, _ in pts], out
 
     def refresh(self):
+        with self._lock: self._refresh()
+
+    def _refresh(self):
         try:
             recs = read_run_metrics(self.run_dir)
             steps, values = self.series()
         except RunFolderError as e:
-            self.status.value = message(str(e)).value; self.plot.clear_output(); return
+            self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(); self.plot.clear_output(); return
         val = [(r['step'], r['val_loss']) for r in recs if 'val_loss' in r]
         last = next((r for r in reversed(recs) if 'loss' in r), {})
         self.status.value = (f"<b>{html.escape(self.run_dir.name)}</b>: step {last.get('step', 0)}, loss {last.get('loss', float('nan')):.4f}"
                              + (f", validation {val[-1][1]:.4f}" if val else '')
                              + (f", {last['tokens_per_second']:,.0f} tokens/s" if last.get('tokens_per_second') else ''))
+        self.ranks_html.value = self._ranks_table()
         def draw(fig):
             ax = fig.add_subplot(111)
             ax.plot(steps, values, lw=1, label=self.metric.value)
             if self.metric.value == 'loss' and val: ax.plot(*zip(*val), 'o-', label='validation loss')
             ax.set_xlabel('step'); ax.set_ylabel(self.metric.value); ax.legend(loc='best')
         _figure_into(self.plot, draw)
+
+    # -- a job in other processes
+    def ranks(self) -> list[dict]:
+        "Each rank's last heartbeat and its state (running, dead, finished, failed)."
+        return read_heartbeats(self.run_dir, dead_after=self.dead_after)
+
+    def last_checkpoint(self) -> dict|None:
+        "`checkpoints/latest.json` (name, step) with its age in seconds, or None."
+        p = self.run_dir / 'checkpoints' / 'latest.json'
+        try: return {**json.loads(p.read_text()), 'age': time.time() - p.stat().st_mtime}
+        except (OSError, json.JSONDecodeError): return None
+
+    def _ranks_table(self) -> str:
+        ranks, ckpt = self.ranks(), self.last_checkpoint()
+        colour = {'running': '#1b7f3a', 'dead': '#b00020', 'failed': '#b00020', 'finished': '#555555'}
+        num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else '-'
+        rows = ''.join(f"<tr class='llmlab-rank llmlab-rank-{r['state']}'><td>{r['rank']}</td><td>{html.escape(str(r['host']))}</td>"
+                       f"<td>{r['pid']}</td><td style='color:{colour.get(r['state'], '#000')}'><b>{r['state']}</b></td><td>{r['step']}</td>"
+                       f"<td>{num(r.get('tokens_per_second'), ',.0f')}</td><td>{num(r.get('mfu'), '.3%')}</td>"
+                       f"<td>{num(r.get('peak_memory_mb'), ',.0f')}</td><td>{r['age']:.1f} s</td></tr>" for r in ranks)
+        table = ("<table class='llmlab-ranks'><tr><th>rank</th><th>host</th><th>pid</th><th>state</th><th>step</th><th>tokens/s</th>"
+                 f"<th>MFU</th><th>peak MB</th><th>heartbeat</th></tr>{rows}</table>") if ranks else ''
+        alive = sum(r['state'] == 'running' for r in ranks)
+        head = (f"{alive} of {len(ranks)} ranks alive" if ranks else 'no heartbeats yet') + (
+            f"; last checkpoint {html.escape(ckpt['name'])} ({ckpt['age']:.0f} s ago)" if ckpt else '; no checkpoint yet')
+        return f"<div class='llmlab-ranks-summary'>{head}</div>{table}"
+
+    def _snapshot(self):
+        "What changes when the job moves: the metrics file's size and each rank's state and step."
+        m = self.run_dir / 'metrics.jsonl'
+        return (m.stat().st_size if m.exists() else -1, tuple((r['rank'], r['state'], r['step']) for r in self.ranks()),
+                (self.last_checkpoint() or {}).get('name'))
+
+    def watch(self) -> threading.Thread:
+        "Follow the run folder from a thread: redraw when it changes, until every rank has finished or `unwatch()`."
+        if self._watching.is_set(): return self.watcher
+        self._watching.set()
+        def follow():
+            seen = None
+            while self._watching.is_set():
+                now = self._snapshot()
+                if now != seen: self.refresh(); seen = now
+                ranks = now[1]
+                if ranks and all(state in ('finished', 'failed') for _, state, _ in ranks): break
+                time.sleep(self.interval)
+            self._watching.clear()
+        self.watcher = threading.Thread(target=follow, daemon=True, name='llmlab-monitor')
+        self.watcher.start()
+        return self.watcher
+
+    def unwatch(self):
+        self._watching.clear()
 
     # -- as a Trainer callback
     def on_step_end(self, trainer, record):

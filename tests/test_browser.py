@@ -6,7 +6,7 @@ every dashboard to render in the page, moves one control of each (dropdown, slid
 (through a cell it types) what the widgets hold, so the check is that the browser's action reached the Python side. A failing cell fails the test at once with its traceback, the cell prompts and the
 server's log. Screenshots go to tests/artifacts/browser/. The server is always stopped.
 """
-import json, os, re, shutil, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, re, shutil, signal, socket, subprocess, sys, textwrap, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -26,10 +26,16 @@ def free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
+    with running_lab(tmp_path, ROOT / 'nbs' / 'tutorials' / 'quickstart.ipynb') as served: yield served
+
+
+@contextlib.contextmanager
+def running_lab(tmp_path, notebook):
+    "JupyterLab serving a copy of `notebook` (url, token, folder); stopped on exit, kernels and all."
     if CHROMIUM is None: pytest.fail("chromium is not installed: `make install` installs Debian's chromium (apt-get install chromium)")
     pytest.importorskip('playwright')
     work = tmp_path / 'lab'; work.mkdir()
-    shutil.copy(ROOT / 'nbs' / 'tutorials' / 'quickstart.ipynb', work / 'quickstart.ipynb')
+    shutil.copy(notebook, work / Path(notebook).name)
     # JupyterLab 4 renders only the cells in view by default: render them all, so every dashboard is in the DOM; no news pop-up
     settings = tmp_path / 'settings' / '@jupyterlab'
     (settings / 'notebook-extension').mkdir(parents=True); (settings / 'apputils-extension').mkdir(parents=True)
@@ -115,19 +121,26 @@ def run_all_cells(page, lab):
     fail('Run All Cells did not start the first cell (3 tries)', page, lab)
 
 
+def open_and_run(playwright, lab, notebook, viewport):
+    "chromium on `notebook` in the served JupyterLab, all its cells started: (browser, page); the caller closes the browser."
+    url, token, _ = lab
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(60_000)
+    page.goto(f'{url}/lab/tree/{notebook}?token={token}')
+    page.wait_for_selector('.jp-NotebookPanel .jp-CodeCell', timeout=120_000)
+    run_all_cells(page, lab)
+    return browser, page
+
+
 @pytest.mark.slow
 def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
     url, token, work = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser, page = open_and_run(p, lab, 'quickstart.ipynb', {'width': 1500, 'height': 1100})
         try:
-            page = browser.new_page(viewport={'width': 1500, 'height': 1100})
-            page.set_default_timeout(60_000)
-            page.goto(f'{url}/lab/tree/quickstart.ipynb?token={token}')
-            page.wait_for_selector('.jp-NotebookPanel .jp-CodeCell', timeout=120_000)
-            run_all_cells(page, lab)
             widgets, deadline = {}, time.time() + 900             # the whole tutorial: ~1 min idle, ~3 min on 2 busy cores
             for cls in WIDGETS:                                   # each dashboard renders in the DOM
                 widgets[cls] = page.locator(f'.{cls}').first
@@ -176,3 +189,74 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     assert state['patch'] == 'mlp_out' and state['patched'] == ['mlp_out', 'resid_pre']   # the dropdown recomputed the heat map
     assert state['max_tokens'] == 6 and 1 <= state['generated'] <= 6
     assert state['feature'] == state['second_feature'] and f"feature {state['feature']}<" in state['feature_summary']
+
+
+JOB = textwrap.dedent('''
+    import sys, time, torch
+    from llmlab.data import TokenShards, build_shards
+    from llmlab.model import Llama, ModelConfig
+    from llmlab.train import Trainer, TrainConfig
+    class Tok:
+        eos_token_id, name_or_path = 0, 'char'
+        def __call__(self, texts, add_special_tokens=False): return {'input_ids': [[ord(c) % 31 + 1 for c in t] for t in texts]}
+        def __len__(self): return 32
+    data = TokenShards(build_shards(['the quick brown fox jumps over the lazy dog ' * 3] * 40, Tok(), sys.argv[1] + '-data',
+                                    progress=False, num_proc=1), 16)
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4))
+    class Slow:   # a step every ~0.3 s: a run that lasts while the browser watches it
+        def on_step_end(self, trainer, record): time.sleep(0.3)
+    cfg = TrainConfig(run_dir=sys.argv[1], max_steps=2000, batch_size=8, lr=3e-3, warmup_steps=5, log_every=1, eval_every=25,
+                      eval_batches=2, save_every=10, progress=False, trackers=[], peak_tflops=1.0)
+    Trainer(model, cfg, data, data, callbacks=[Slow()]).fit()
+''')
+
+
+@pytest.mark.slow
+def test_monitor_follows_a_two_process_job_and_shows_a_dead_rank(tmp_path):
+    """A 2-process torchrun job writes its run folder; a notebook in JupyterLab holds only `TrainingMonitor(run_dir)`. The
+    page shows both ranks alive and the curve growing; then one rank is killed and the page marks it dead."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+    from llmlab.train import read_heartbeats
+    run_dir, script = tmp_path / 'job', tmp_path / 'job.py'
+    script.write_text(JOB)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"from llmlab.widgets import TrainingMonitor\n"
+                                          f"monitor = TrainingMonitor({str(run_dir)!r}, interval=0.5, dead_after=5.0)\nmonitor")]
+    nb.metadata['kernelspec'] = {'display_name': 'python3', 'language': 'python', 'name': 'python3'}
+    nbformat.write(nb, tmp_path / 'monitor.ipynb')
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    job = subprocess.Popen([str(Path(sys.executable).with_name('torchrun')), '--nproc_per_node', '2', '--master_port', str(free_port()),
+                            str(script), str(run_dir)], env={**os.environ, 'OMP_NUM_THREADS': '1'}, start_new_session=True,
+                           stdout=open(tmp_path / 'job.log', 'w'), stderr=subprocess.STDOUT)
+    try:
+        with running_lab(tmp_path, tmp_path / 'monitor.ipynb') as served, sync_playwright() as p:
+            browser, page = open_and_run(p, served, 'monitor.ipynb', {'width': 1300, 'height': 1000})
+            try:
+                monitor = page.locator('.llmlab-training-monitor').first
+                summary = monitor.locator('.llmlab-ranks-summary')
+                wait_until(lambda: summary.count() and '2 of 2 ranks alive' in summary.text_content(), 240, 'both ranks alive', page, served)
+                def shown_step():
+                    m = re.search(r'step (\d+), loss', monitor.text_content() or '')
+                    return int(m.group(1)) if m else 0
+                def plot(): return monitor.locator('img').first.get_attribute('src') if monitor.locator('img').count() else None
+                wait_until(lambda: shown_step() > 0 and plot(), 120, 'the first steps on the page', page, served)
+                first_step, first_plot = shown_step(), plot()
+                wait_until(lambda: shown_step() >= first_step + 10, 120, 'ten more steps on the page', page, served)
+                assert plot() != first_plot                                     # the curve was redrawn with the new steps
+                assert 'last checkpoint step-' in summary.text_content()
+                monitor.screenshot(path=str(ARTIFACTS / 'live-monitor-two-ranks.png'))
+                victim = next(h for h in read_heartbeats(run_dir) if h['rank'] == 1)
+                os.kill(victim['pid'], signal.SIGKILL)
+                killed = time.time()
+                dead_row = monitor.locator('tr.llmlab-rank-dead', has_text=str(victim['pid']))
+                wait_until(lambda: dead_row.count() > 0, 30, 'the killed rank shown dead', page, served, poll=0.2)
+                seconds = time.time() - killed
+                monitor.screenshot(path=str(ARTIFACTS / 'live-monitor-dead-rank.png'))
+                print(f'steps on the page: {first_step} -> {shown_step()}; killed rank shown dead after {seconds:.1f} s')
+                assert seconds < 10, seconds
+            finally:
+                browser.close()
+    finally:
+        os.killpg(job.pid, signal.SIGKILL); job.wait()
