@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/cli.html.md"""
 
 # %% ../nbs/13_cli.ipynb #65c4cafe
 from __future__ import annotations
-import argparse, codecs, importlib.util, json, shutil, sys, time
+import argparse, codecs, importlib.util, json, os, shutil, sys, time
 from pathlib import Path
 
 import torch
@@ -147,7 +147,7 @@ def _train_cmd(a):
     overrides = {k: v for k, v in {'max_steps': a.max_steps, 'run_dir': a.run_dir, 'max_minutes': a.max_minutes,
                                    'resume': a.resume}.items() if v is not None}
     s = train_from_config(a.config, **overrides)
-    print(json.dumps(s, indent=2, default=str))
+    if int(os.environ.get('RANK', '0')) == 0: print(json.dumps(s, indent=2, default=str))   # once, not once per process
 
 # %% ../nbs/13_cli.ipynb #97ea8227
 def _generate_cmd(a):

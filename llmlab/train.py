@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/train.html.md"""
 
 # %% ../nbs/08_train.ipynb #8ab845d0
 from __future__ import annotations
-import atexit, contextlib, gc, json, math, os, resource, shutil, socket, sys, threading, time, weakref
+import atexit, contextlib, gc, json, math, os, resource, shutil, signal, socket, sys, threading, time, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -57,6 +57,7 @@ class TrainConfig(Config):
     seed: int = 0
     resume: Optional[str] = None             # 'auto' (latest checkpoint of run_dir, if any) or a checkpoint folder
     max_minutes: Optional[float] = None      # stop (with a final evaluation and checkpoint) after this much training time
+    checkpoint_on_signal: bool = True        # SIGTERM or SIGUSR1 (preemption, scancel, Slurm's --signal): checkpoint at the end of the step, stop
     activation_checkpointing: bool = False   # recompute activations in the backward pass, as `checkpoint_policy` says
     checkpoint_policy: str = 'full'          # full, every_N, attention, mlp, selective, offload (llmlab.memory.checkpoint_model)
     compile: bool = False                    # torch.compile the model
@@ -336,7 +337,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(train_data), seed=c.seed, rank=self.dp_rank, world_size=self.dp_size)
         self.state = TrainerState(self.sampler)
         acc.register_for_checkpointing(self.state)
-        self.should_stop, self.bad_steps = False, 0
+        self.should_stop, self.bad_steps, self.signalled, self.preempted = False, 0, None, False
         if self.deepspeed and torch.distributed.is_initialized(): atexit.register(_close_at_exit, weakref.ref(self))
 
     def close(self):
@@ -466,10 +467,17 @@ class Trainer:
         "Train until `max_steps`, the time budget or `should_stop`; returns the summary (also in `summary.json`)."
         check_run_folder(self.run_dir, self.config)   # every rank, before any of them writes
         heartbeat = Heartbeat(self.run_dir, self.accelerator.process_index, self.accelerator.num_processes)
+        previous = {}
+        if self.config.checkpoint_on_signal and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGUSR1): previous[s] = signal.signal(s, self._on_signal)
         try: summary = self._fit(heartbeat)
         except BaseException: heartbeat.stop('failed'); raise
-        heartbeat.stop('finished')
+        finally:
+            for s, h in previous.items(): signal.signal(s, h)
+        heartbeat.stop('preempted' if self.preempted else 'finished')
         return summary
+
+    def _on_signal(self, signum, frame): self.signalled = signal.Signals(signum).name
 
     def _fit(self, heartbeat:Heartbeat) -> dict:
         c, acc, st = self.config, self.accelerator, self.state
@@ -479,6 +487,7 @@ class Trainer:
         resume = latest_checkpoint(self.run_dir) if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
         if resume is not None:
             self.load_checkpoint(resume)
+            if acc.is_main_process: print(f"llmlab: resumed from {resume} (step {st.step})", file=sys.stderr, flush=True)
             if acc.is_main_process and (self.run_dir / 'metrics.jsonl').exists():   # drop lines logged after the checkpoint
                 lines = [l for l in (self.run_dir / 'metrics.jsonl').read_text().splitlines() if l and json.loads(l)['step'] <= st.step]
                 (self.run_dir / 'metrics.jsonl').write_text(''.join(l + '\n' for l in lines))
@@ -501,7 +510,14 @@ class Trainer:
             elif c.parallelism == 'fsdp': grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
             else: grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))
             grad_norm = float('nan') if grad_norm is None else float(grad_norm)
-            mean_loss = acc.reduce(total_loss.reshape(1), 'mean')
+            # one all-reduce carries the loss and whether any rank was signalled, so all of them stop at the same step
+            signalled = torch.tensor(float(self.signalled is not None), device=acc.device)
+            reduced = acc.reduce(torch.stack([total_loss, signalled]), 'mean')
+            mean_loss = reduced[:1]
+            if reduced[1] > 0 and not self.preempted:
+                self.preempted = self.should_stop = True
+                if acc.is_main_process: print(f"llmlab: {self.signalled or 'another rank was signalled'}: checkpointing at step "
+                                              f"{st.step + 1} and stopping; resume='auto' continues from there", file=sys.stderr, flush=True)
             finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
             if finite:
                 if not self.deepspeed: self.optimizer.step()
@@ -537,7 +553,7 @@ class Trainer:
                 bar.set_postfix_str(f"step {st.step}, loss {record['loss']:.3f}" if c.max_minutes is not None else f"loss {record['loss']:.3f}")
             self._callback('on_step_end', record)
             final = final or self.should_stop
-            if self.val_data is not None and (st.step % c.eval_every == 0 or final):
+            if self.val_data is not None and (st.step % c.eval_every == 0 or (final and not self.preempted)):   # no time to spare
                 ev = {'step': st.step, **self.evaluate()}
                 if ev['val_loss'] < st.best_val: st.best_val, st.best_step = ev['val_loss'], st.step
                 self._log(ev); last = {**last, **ev}

@@ -130,7 +130,7 @@ class TrainingMonitor(_Widget):
 
     def _ranks_table(self) -> str:
         ranks, ckpt = self.ranks(), self.last_checkpoint()
-        colour = {'running': '#1b7f3a', 'dead': '#b00020', 'failed': '#b00020', 'finished': '#555555'}
+        colour = {'running': '#1b7f3a', 'dead': '#b00020', 'failed': '#b00020', 'finished': '#555555', 'preempted': '#b36b00'}
         num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else '-'
         rows = ''.join(f"<tr class='llmlab-rank llmlab-rank-{r['state']}'><td>{r['rank']}</td><td>{html.escape(str(r['host']))}</td>"
                        f"<td>{r['pid']}</td><td style='color:{colour.get(r['state'], '#000')}'><b>{r['state']}</b></td><td>{r['step']}</td>"

@@ -3,7 +3,7 @@
 accounting) and stopped after, every daemon it started. A 2-process training job runs through sbatch, srun and torchrun;
 a second one is requeued mid-run and continues bit for bit; refusals come back as clear errors.
 """
-import json, os, pwd, shutil, signal, socket, subprocess, sys, time
+import json, os, pwd, re, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 
@@ -173,7 +173,11 @@ def test_requeued_job_resumes_and_its_loss_log_continues_bitwise(reference, conf
     log = job.log.read_text()
     assert state == 'COMPLETED', log[-3000:]
     assert f'llmlab: job {job.job_id} (restart 0)' in log and f'llmlab: job {job.job_id} (restart 1)' in log
-    print(f'requeued after {at_requeue} logged steps; resumed from the checkpoint of step {at_requeue // 10 * 10} or earlier')
+    # the requeue's SIGTERM reached every rank: each finished its step, one checkpoint was written there, the restart began there
+    stopped = int(re.search(r"llmlab: SIGTERM: checkpointing at step (\d+) and stopping", log).group(1))
+    assert at_requeue <= stopped <= at_requeue + 5, (at_requeue, stopped)
+    assert f"llmlab: resumed from {run_dir.resolve()}/checkpoints/step-{stopped:08d} (step {stopped})" in log
+    print(f'requeued after {at_requeue} logged steps; every rank stopped after step {stopped}, checkpointed, and the restart resumed there')
     assert records(run_dir) == records(reference)   # every loss, learning rate, gradient norm and validation loss, bit for bit
     from safetensors.torch import load_file
     a = load_file(reference / 'checkpoints' / 'step-00000200' / 'model.safetensors')
