@@ -465,7 +465,7 @@ class Trainer:
     # -- the loop
     def fit(self) -> dict:
         "Train until `max_steps`, the time budget or `should_stop`; returns the summary (also in `summary.json`)."
-        check_run_folder(self.run_dir, self.config)   # every rank, before any of them writes
+        if self.state.step == 0: check_run_folder(self.run_dir, self.config)   # every rank, before any writes (a second fit() continues)
         heartbeat = Heartbeat(self.run_dir, self.accelerator.process_index, self.accelerator.num_processes)
         previous = {}
         if self.config.checkpoint_on_signal and threading.current_thread() is threading.main_thread():
