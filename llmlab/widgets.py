@@ -155,13 +155,16 @@ class TrainingMonitor(_Widget):
         self._watching.set()
         def follow():
             seen = None
-            while self._watching.is_set():
-                now = self._snapshot()
-                if now != seen: self.refresh(); seen = now
-                ranks = now[1]
-                if ranks and all(state in ('finished', 'failed') for _, state, _ in ranks): break
-                time.sleep(self.interval)
-            self._watching.clear()
+            try:
+                while self._watching.is_set():
+                    now = self._snapshot()
+                    if now != seen: self.refresh(); seen = now
+                    ranks = now[1]
+                    if ranks and all(state in ('finished', 'failed') for _, state, _ in ranks): break
+                    time.sleep(self.interval)
+            except Exception as e:   # say why the view stopped moving rather than die silently in a thread
+                self.status.value = message(f"stopped following {self.run_dir}: {type(e).__name__}: {e}").value
+            finally: self._watching.clear()
         self.watcher = threading.Thread(target=follow, daemon=True, name='llmlab-monitor')
         self.watcher.start()
         return self.watcher
