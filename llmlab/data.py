@@ -48,7 +48,7 @@ def demo_corpus(max_docs:int|None=None, min_chars:int=2000) -> list[str]:
     docs = [d for d in docs if len(d) >= min_chars]
     return docs[:max_docs] if max_docs else docs
 
-# %% ../nbs/04_data.ipynb #d321651e
+# %% ../nbs/04_data.ipynb #59f94eb1
 CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
