@@ -24,8 +24,9 @@ __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_
            'generate_text']
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
-HF_MODEL_TYPES = ('llama', 'mistral')
-_CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f != 'attn_backend']
+HF_MODEL_TYPES = ('llama', 'mistral', 'qwen3')   # qwen3: llama with QK-norm
+_RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap')   # llmlab's options; Hugging Face spells them by architecture
+_CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn_backend',) + _RECIPE_FIELDS]
 
 def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') -> ModelConfig:
     "A `ModelConfig` from the dict of a Hugging Face `config.json`."
@@ -35,7 +36,7 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
                               "checkpoints (LlamaForCausalLM and compatible)")
     if d.get('hidden_act', 'silu') != 'silu':
         raise CheckpointError(f"{source}: hidden_act={d['hidden_act']!r} is not supported; llmlab's MLP is SwiGLU (silu)")
-    if d.get('sliding_window') is not None:
+    if d.get('sliding_window') is not None and d.get('use_sliding_window', model_type != 'qwen3'):
         raise CheckpointError(f"{source}: sliding_window={d['sliding_window']} is not supported by llmlab's decoder")
     fields = {k: d[k] for k in _CONFIG_FIELDS if d.get(k) is not None}
     rope = dict(d.get('rope_parameters') or {})
@@ -43,12 +44,18 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
     rope.pop('rope_theta', None)
     if 'rope_scaling' not in fields and rope.get('rope_type', 'default') != 'default': fields['rope_scaling'] = rope
     if isinstance(fields.get('rope_theta'), int): fields['rope_theta'] = float(fields['rope_theta'])
-    return ModelConfig.from_dict({**fields, 'attn_backend': attn_backend}, prefix=source)
+    return ModelConfig.from_dict({**fields, 'attn_backend': attn_backend, 'qk_norm': model_type == 'qwen3'}, prefix=source)
 
 def config_to_hf(config:ModelConfig, dtype:torch.dtype=torch.float32) -> dict:
-    "The `config.json` dict that `transformers` reads as a `LlamaConfig`."
-    d = {k: v for k, v in config.to_dict().items() if k != 'attn_backend'}
-    return {'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_act': 'silu', **d,
+    "The `config.json` dict that `transformers` reads as a `LlamaConfig` (a `Qwen3Config` with `qk_norm`)."
+    if config.mlp != 'swiglu' or config.logit_softcap is not None:
+        raise CheckpointError(f"no Hugging Face llama-family architecture has mlp={config.mlp!r} or logit_softcap={config.logit_softcap}: "
+                              "transformers would build another model from this config.json. Keep such a model in llmlab's "
+                              "training checkpoints (Trainer, safetensors) instead")
+    d = {k: v for k, v in config.to_dict().items() if k in _CONFIG_FIELDS}
+    arch, kind = ('Qwen3ForCausalLM', 'qwen3') if config.qk_norm else ('LlamaForCausalLM', 'llama')
+    return {'architectures': [arch], 'model_type': kind, 'hidden_act': 'silu', **d,
+            **({'use_sliding_window': False, 'sliding_window': None} if config.qk_norm else {}),
             'torch_dtype': dtype_name(dtype), 'use_cache': True}
 
 # %% ../nbs/03_checkpoints.ipynb #40454e48

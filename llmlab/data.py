@@ -16,8 +16,9 @@ import torch
 from .core import ConfigError, write_json_atomic
 
 # %% auto #0
-__all__ = ['load_corpus', 'demo_corpus', 'split_documents', 'tokenize_documents', 'pack_stream', 'TokenShards', 'build_shards',
-           'ResumableSampler', 'demo_shards', 'chat_example', 'ChatDataset']
+__all__ = ['CHATML_TEMPLATE', 'load_corpus', 'demo_corpus', 'train_tokenizer', 'split_documents', 'tokenize_documents',
+           'pack_stream', 'TokenShards', 'build_shards', 'ResumableSampler', 'demo_shards', 'chat_example',
+           'ChatDataset']
 
 # %% ../nbs/04_data.ipynb #1bfa232f
 _TEXT_SUFFIXES = ('.txt', '.md', '.py', '.rst')
@@ -46,6 +47,33 @@ def demo_corpus(max_docs:int|None=None, min_chars:int=2000) -> list[str]:
     docs = [p.read_text(errors='replace') for p in sorted(root.glob('*.py'))]
     docs = [d for d in docs if len(d) >= min_chars]
     return docs[:max_docs] if max_docs else docs
+
+# %% ../nbs/04_data.ipynb #59f94eb1
+CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+def train_tokenizer(corpus:Sequence[str], vocab_size:int, path=None, special_tokens:Sequence[str]=('<|endoftext|>', '<|im_start|>', '<|im_end|>'),
+                    min_frequency:int=2, progress:bool=False):
+    "A byte-level BPE tokenizer of `vocab_size` tokens trained on `corpus` (documents), saved to `path` in Hugging Face's format if given."
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    docs = [d for d in corpus if d]
+    if not docs: raise ConfigError("the corpus is empty: train_tokenizer needs documents (strings), e.g. load_corpus(path) or demo_corpus()")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(special_tokens):
+        raise ConfigError(f"vocab_size={vocab_size} is smaller than the byte alphabet ({len(alphabet)}) plus {len(special_tokens)} special "
+                          f"tokens: use at least {len(alphabet) + len(special_tokens)} (small experiments use 4,096 to 32,768)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(special_tokens),
+                                  initial_alphabet=alphabet, show_progress=progress)
+    tok.train_from_iterator(docs, trainer, length=len(docs))
+    eos = special_tokens[0]
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, chat_template=CHATML_TEMPLATE,
+                                 additional_special_tokens=list(special_tokens[1:]))
+    if path is not None: hf.save_pretrained(str(path))
+    return hf
 
 # %% ../nbs/04_data.ipynb #2674fcd9
 def split_documents(docs:Sequence[str], val_fraction:float=0.05, seed:int=0) -> tuple[list[str], list[str]]:

@@ -106,6 +106,7 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         q = point(p + 'attn.hook_q', attn.q_proj(h).view(B, T, H, D))
         k = point(p + 'attn.hook_k', attn.k_proj(h).view(B, T, Hkv, D))
         v = point(p + 'attn.hook_v', attn.v_proj(h).view(B, T, Hkv, D))
+        if cfg.qk_norm: q, k = attn.q_norm(q), attn.k_norm(k)   # over each head's channels, before the rotation
         q = point(p + 'attn.hook_rot_q', apply_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2))
         k = point(p + 'attn.hook_rot_k', apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -121,13 +122,16 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         attn_out = point(p + 'hook_attn_out', attn.o_proj(z.reshape(B, T, H * D)))
         x = point(p + 'hook_resid_mid', x + attn_out)
         h = norm(p + 'ln2.', block.post_attention_layernorm, x)
-        gate = point(p + 'mlp.hook_pre', mlp.gate_proj(h))
-        up = point(p + 'mlp.hook_pre_linear', mlp.up_proj(h))
-        mlp_out = point(p + 'hook_mlp_out', mlp.down_proj(point(p + 'mlp.hook_post', F.silu(gate) * up)))
+        if cfg.mlp == 'swiglu':
+            gate = point(p + 'mlp.hook_pre', mlp.gate_proj(h))
+            up = point(p + 'mlp.hook_pre_linear', mlp.up_proj(h))
+            post = point(p + 'mlp.hook_post', F.silu(gate) * up)
+        else: post = point(p + 'mlp.hook_post', F.relu(point(p + 'mlp.hook_pre', mlp.up_proj(h))).square())   # TransformerLens's names for an ungated MLP
+        mlp_out = point(p + 'hook_mlp_out', mlp.down_proj(post))
         x = point(p + 'hook_resid_post', x + mlp_out)
     if stop_at_layer is not None and stop_at_layer >= len(model.layers): return None
     if logits_at is not None: x = x[:, list(logits_at)]
-    return model.lm_head(norm('ln_final.', model.norm, x))
+    return model.logits(norm('ln_final.', model.norm, x))
 
 # %% ../nbs/11_interp.ipynb #71508b7d
 class ActivationCache(dict):
@@ -223,7 +227,7 @@ def run_with_hooks(model, input_ids:Tensor, fwd_hooks:Sequence[tuple[str|Callabl
 def unembed(model, resid:Tensor) -> Tensor:
     "Logits for residual-stream vectors: final norm, then the unembedding."
     if _is_llama(model):
-        with torch.no_grad(): return model.lm_head(model.norm(resid.to(model.lm_head.weight.device)))
+        with torch.no_grad(): return model.logits(model.norm(resid.to(model.lm_head.weight.device)))
     b = bridge(model)
     with torch.no_grad(): return b.unembed(b.ln_final(resid))
 

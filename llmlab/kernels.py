@@ -932,6 +932,9 @@ def apply_kernels(model:nn.Module, names=KERNELS) -> nn.Module:
     unknown = set(names) - set(KERNELS)
     if unknown: raise ValueError(f"unknown kernels {sorted(unknown)}; choose from {', '.join(KERNELS)}")
     swaps = {'rmsnorm': (RMSNorm, TritonRMSNorm), 'rope': (Attention, TritonRopeAttention), 'swiglu': (MLP, SwiGLUMLP)}
+    mlp = getattr(getattr(model, 'config', None), 'mlp', 'swiglu')
+    if 'swiglu' in names and mlp != 'swiglu':
+        raise ValueError(f"the swiglu kernel fuses a gated MLP; this model's mlp={mlp!r}: leave 'swiglu' out of the kernels")
     for name in names:
         if name == 'attention': model.set_attn_backend('triton')
         if name not in swaps: continue
@@ -945,6 +948,9 @@ def fused_causal_lm_loss(model, batch) -> torch.Tensor:
     if hasattr(model, 'model') and hasattr(model, 'lm_head'):   # a Hugging Face causal LM
         hidden, head = model.model(batch['input_ids']).last_hidden_state, model.lm_head
     else:
+        if getattr(model.config, 'logit_softcap', None) is not None:
+            raise ValueError("the fused linear cross-entropy computes plain logits; this model soft-caps them (logit_softcap): "
+                             "leave 'linear_cross_entropy' out of the kernels")
         head = model.lm_head
         model.lm_head = nn.Identity()                            # the model's own forward, up to the final norm
         try: hidden = model(batch['input_ids'])

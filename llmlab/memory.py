@@ -97,8 +97,11 @@ def parameter_counts(cfg:ModelConfig) -> dict:
     "Parameters by where the parallel plans put them: `blocks` (split by TP), `embedding`, `head`, `norms`."
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    per_block = h * q + 2 * h * kv + q * h + 3 * h * i + (q + 2 * kv + h if cfg.attention_bias else 0) + (2 * i + h if cfg.mlp_bias else 0)
-    return {'blocks': cfg.num_hidden_layers * per_block, 'block_norms': cfg.num_hidden_layers * 2 * h, 'norm': h,
+    mats = 3 if cfg.mlp == 'swiglu' else 2   # gate, up, down; a relu2 MLP has no gate
+    per_block = (h * q + 2 * h * kv + q * h + mats * h * i + (q + 2 * kv + h if cfg.attention_bias else 0)
+                 + ((mats - 1) * i + h if cfg.mlp_bias else 0))
+    norms = 2 * h + (2 * hd if cfg.qk_norm else 0)
+    return {'blocks': cfg.num_hidden_layers * per_block, 'block_norms': cfg.num_hidden_layers * norms, 'norm': h,
             'embedding': cfg.vocab_size * h, 'head': 0 if cfg.tie_word_embeddings else cfg.vocab_size * h}
 
 def model_flops_per_token(cfg:ModelConfig, seq_len:int) -> float:

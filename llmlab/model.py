@@ -8,7 +8,7 @@ Docs: https://llmlab.github.io/llmlab/model.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,11 @@ class ModelConfig(Config):
     eos_token_id: Optional[Union[int, list[int]]] = None
     pad_token_id: Optional[int] = None
     attn_backend: str = 'sdpa'
+    # recipe options a researcher ablates (the GPT-2 speed-runs' gains); all off, so Hugging Face checkpoints load unchanged
+    qk_norm: bool = False                      # RMSNorm on each head's queries and keys before the rotation (as Qwen3, OLMo 2)
+    mlp: Literal['swiglu', 'relu2'] = 'swiglu' # 'relu2': down(relu(up(x))^2), no gate (modded-nanogpt)
+    zero_init_output: bool = False             # o_proj and down_proj start at zero, so every block starts as the identity
+    logit_softcap: Optional[float] = None      # logits = cap * tanh(logits / cap) (Gemma 2's final_logit_softcapping)
 
     def validate(self):
         for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads'):
@@ -65,6 +70,8 @@ class ModelConfig(Config):
             if kind not in ROPE_SCALINGS:
                 raise ConfigError(f"{self._where('rope_scaling')}: rope_type={kind!r} is not supported; "
                                   f"use one of {', '.join(ROPE_SCALINGS)} or None")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ConfigError(f"{self._where('logit_softcap')}={self.logit_softcap} must be positive (or None for no cap)")
         if self.attn_backend not in attention_backends:
             raise ConfigError(f"{self._where('attn_backend')}={self.attn_backend!r} is not a registered attention backend; "
                               f"available: {', '.join(attention_backends.names())}")
@@ -142,6 +149,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        if config.qk_norm: self.q_norm, self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps), RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def rotate(self, x:Tensor, cos:Tensor, sin:Tensor) -> Tensor: return apply_rotary(x, cos, sin)   # a fused kernel can take over
 
@@ -150,19 +158,23 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.config.qk_norm: q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         if cache is not None: k, v = cache.update(self.layer_idx, k, v)
         y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 class MLP(nn.Module):
+    "SwiGLU, `down(silu(gate(x)) * up(x))`, or with `config.mlp='relu2'` `down(relu(up(x))^2)`."
     def __init__(self, config:ModelConfig):
         super().__init__()
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj, self.up_proj = nn.Linear(h, i, bias=bias), nn.Linear(h, i, bias=bias)
-        self.down_proj = nn.Linear(i, h, bias=bias)
+        if config.mlp == 'swiglu': self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
 
-    def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x:Tensor) -> Tensor:
+        if hasattr(self, 'gate_proj'): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.relu(self.up_proj(x)).square())
 
 class Block(nn.Module):
     def __init__(self, config:ModelConfig, layer_idx:int):
@@ -211,7 +223,13 @@ class Llama(nn.Module):
         self.rotary = RotaryEmbedding(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
-        if not self.embed_tokens.weight.is_meta: self.apply(self._init_weights)
+        if not self.embed_tokens.weight.is_meta: self.reset_parameters()
+
+    def reset_parameters(self):
+        "Normal(0, initializer_range) weights, zero biases; with `zero_init_output` zero attention and MLP output projections."
+        self.apply(self._init_weights)
+        if self.config.zero_init_output:
+            for block in self.layers: nn.init.zeros_(block.self_attn.o_proj.weight); nn.init.zeros_(block.mlp.down_proj.weight)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings: self.lm_head.weight = self.embed_tokens.weight
@@ -230,7 +248,13 @@ class Llama(nn.Module):
         for block in self.layers: x = block(x, cos, sin, mask, cache)
         if cache is not None: cache.advance(input_ids.shape[1])
         if logits_to_keep: x = x[:, -logits_to_keep:]
-        return self.lm_head(self.norm(x))
+        return self.logits(self.norm(x))
+
+    def logits(self, h:Tensor) -> Tensor:
+        "The output layer on final hidden states `h`, soft-capped when `logit_softcap` is set."
+        logits = self.lm_head(h)
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def positions_and_mask(self, input_ids:Tensor, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
                            past:int=0) -> tuple[Tensor, Tensor|None]:

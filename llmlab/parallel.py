@@ -17,12 +17,15 @@ __all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp', 'paral
            'clip_grad_norm', 'LlamaStage', 'pipeline_stage', 'pipeline_schedule']
 
 # %% ../nbs/07_parallel.ipynb #cebc38bf
-def tensor_parallel_plan() -> dict:
-    "The DTensor plan of one llmlab block, by submodule name."
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+def tensor_parallel_plan(gated_mlp:bool=True, qk_norm:bool=False) -> dict:
+    """The DTensor plan of one llmlab block, by submodule name (a `relu2` MLP has no gate). QK-norm's gains are whole on every
+    rank while its inputs are split by head (dim 1 of `(batch, heads, seq, head_dim)`): as torchtitan does for Qwen3, they are
+    replicated DTensors, so their gradients are summed over the heads of all ranks."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
     return {'self_attn.q_proj': ColwiseParallel(), 'self_attn.k_proj': ColwiseParallel(), 'self_attn.v_proj': ColwiseParallel(),
-            'self_attn.o_proj': RowwiseParallel(), 'mlp.gate_proj': ColwiseParallel(), 'mlp.up_proj': ColwiseParallel(),
-            'mlp.down_proj': RowwiseParallel()}
+            'self_attn.o_proj': RowwiseParallel(), **({'mlp.gate_proj': ColwiseParallel()} if gated_mlp else {}),
+            'mlp.up_proj': ColwiseParallel(), 'mlp.down_proj': RowwiseParallel(),
+            **({k: SequenceParallel(sequence_dim=1, use_local_output=True) for k in ('self_attn.q_norm', 'self_attn.k_norm')} if qk_norm else {})}
 
 def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
     "Shard every block of `model` over the 1-d `mesh` (in place); heads and the MLP width must divide by its size."
@@ -32,7 +35,7 @@ def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
                     ('intermediate_size', cfg.intermediate_size)):
         if n % tp: raise ValueError(f"{name}={n} is not divisible by the tensor-parallel size {tp}; choose a size that divides it")
     for block in model.layers:
-        parallelize_module(block, mesh, tensor_parallel_plan())
+        parallelize_module(block, mesh, tensor_parallel_plan(gated_mlp=cfg.mlp == 'swiglu', qk_norm=cfg.qk_norm))
         block.self_attn.n_heads, block.self_attn.n_kv_heads = cfg.num_attention_heads // tp, cfg.num_key_value_heads // tp
     return model
 
@@ -92,14 +95,16 @@ class LlamaStage(nn.Module):
         self.layers = nn.ModuleList(model.layers[lo:hi])
         self.rotary = model.rotary
         self.norm, self.lm_head = (model.norm, model.lm_head) if hi == n else (None, None)
-        self.lo = lo
+        self.lo, self.logit_softcap = lo, model.config.logit_softcap
 
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         if self.embed_tokens is not None: x = self.embed_tokens(x)
         positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         cos, sin = self.rotary(positions, x.dtype)
         for block in self.layers: x = block(x, cos, sin)
-        return self.lm_head(self.norm(x)) if self.lm_head is not None else x
+        if self.lm_head is None: return x
+        logits, cap = self.lm_head(self.norm(x)), self.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
 def pipeline_stage(model:Llama, stage_index:int, n_stages:int) -> LlamaStage:
     "This rank's stage when the blocks are split as evenly as possible into `n_stages`."

@@ -38,7 +38,10 @@ class TrainConfig(Config):
     max_steps: int = 1000
     batch_size: int = 32                     # sequences per optimizer step, all processes together
     micro_batch_size: Optional[int] = None   # sequences per forward pass per process (default: no accumulation)
+    optimizer: Literal['adamw', 'muon'] = 'adamw'   # 'muon': Muon for the blocks' matrices, AdamW (at `lr`) for the rest
     lr: float = 3e-4
+    muon_lr: float = 0.02                    # optimizer='muon': the matrices' learning rate
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1                # the schedule decays to lr * min_lr_ratio
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -80,6 +83,8 @@ class TrainConfig(Config):
         for k in self.kernels:
             if k not in known: raise ConfigError(f"{self._where('kernels')} has {k!r}; choose from {', '.join(known)}")
         if self.tp_size < 1: raise ConfigError(f"{self._where('tp_size')}={self.tp_size} must be positive")
+        if self.optimizer == 'muon' and self.parallelism == 'deepspeed':
+            raise ConfigError("optimizer='muon' runs with parallelism='ddp' or 'fsdp'; DeepSpeed steps its own optimizers")
         if self.tp_size > 1 and self.parallelism != 'fsdp':
             raise ConfigError(f"{self._where('tp_size')}={self.tp_size} needs parallelism='fsdp' (tensor parallel inside FSDP; "
                               f"with tp_size equal to the number of processes it is tensor parallel alone), not {self.parallelism!r}")
@@ -280,6 +285,19 @@ def _close_at_exit(trainer_ref):
     trainer = trainer_ref()
     if trainer is not None and getattr(sys, 'last_value', None) is None: trainer.close()
 
+def _optimizer(model, c:TrainConfig) -> torch.optim.Optimizer:
+    "AdamW with weight decay on matrices only, or Muon for the blocks' matrices with that AdamW for the rest (`llmlab.optim`)."
+    if c.optimizer == 'muon':
+        from llmlab.optim import MuonAdamW, muon_param_groups
+        return MuonAdamW(muon_param_groups(model, lr=c.muon_lr, adamw_lr=c.lr, weight_decay=c.weight_decay, betas=c.betas, eps=c.eps,
+                                           momentum=c.muon_momentum))
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    from torch.distributed.tensor import DTensor
+    mixed = len({isinstance(p, DTensor) for p in decay + no_decay}) > 1   # TP alone: the fused multi-tensor path cannot mix the two
+    return torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
+                             lr=c.lr, betas=c.betas, eps=c.eps, foreach=not mixed)
+
 def _loss(model, batch) -> torch.Tensor:
     out = model(batch['input_ids'])
     logits = out if isinstance(out, torch.Tensor) else out.logits
@@ -317,12 +335,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])
         if self.mesh is not None:   # sharded from outside, before the optimizer sees the parameters
             parallelize(model.to(acc.device), self.mesh, fsdp=self.mesh['dp'].size() > 1)
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-        from torch.distributed.tensor import DTensor
-        mixed = len({isinstance(p, DTensor) for p in decay + no_decay}) > 1   # TP alone: the fused multi-tensor path cannot mix the two
-        opt = torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
-                                lr=c.lr, betas=c.betas, eps=c.eps, foreach=not mixed)
+        opt = _optimizer(model, c)
         # the schedule counts optimizer steps; Accelerate's prepared scheduler would step once per process
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, c))
         if self.deepspeed:

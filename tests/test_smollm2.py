@@ -19,6 +19,10 @@ def padded_batch(tokenizer, texts):
 
 @torch.no_grad()
 def test_logits_match_transformers_on_padded_batch(smol, hf_smol, tokenizer):
+    # SmolLM2 loads as the LLaMA it is: none of ModelConfig's recipe options on, no tensors beyond the checkpoint's
+    c = smol.config
+    assert (c.qk_norm, c.mlp, c.zero_init_output, c.logit_softcap) == (False, 'swiglu', False, None)
+    assert sorted(smol.state_dict()) == sorted(k.removeprefix('model.') for k in hf_smol.state_dict())
     ids, mask = padded_batch(tokenizer, PROMPTS)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # what transformers' generate passes for left padding
     ours = smol(ids, attention_mask=mask)
