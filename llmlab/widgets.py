@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/widgets.html.md"""
 
 # %% ../nbs/12_widgets.ipynb #afae991f
 from __future__ import annotations
-import html, json, threading, time
+import base64, html, io, json, threading, time
 from pathlib import Path
 
 import torch
@@ -35,6 +35,16 @@ def _figure_into(output:W.Output, draw):
         fig = plt.figure(figsize=(7, 3.2))
         draw(fig)
         plt.tight_layout(); plt.show()
+
+def _figure_outputs(output:W.Output, draw):
+    """The same from any thread: the figure is drawn without pyplot (which is not thread-safe) and handed to `output` as its
+    outputs. (Capturing with `with output:` from a thread would catch whatever the running cell displays, the widget itself included.)"""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 3.2))
+    draw(fig); fig.tight_layout()
+    png = io.BytesIO(); fig.savefig(png, format='png', dpi=90)
+    output.outputs = ({'output_type': 'display_data', 'metadata': {},
+                       'data': {'image/png': base64.b64encode(png.getvalue()).decode(), 'text/plain': '<training curve>'}},)
 
 class _Widget:
     def _ipython_display_(self): display(self.widget)
@@ -103,7 +113,7 @@ class TrainingMonitor(_Widget):
             recs = read_run_metrics(self.run_dir)
             steps, values = self.series()
         except RunFolderError as e:
-            self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(); self.plot.clear_output(); return
+            self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(); self.plot.outputs = (); return
         val = [(r['step'], r['val_loss']) for r in recs if 'val_loss' in r]
         last = next((r for r in reversed(recs) if 'loss' in r), {})
         self.status.value = (f"<b>{html.escape(self.run_dir.name)}</b>: step {last.get('step', 0)}, loss {last.get('loss', float('nan')):.4f}"
@@ -115,7 +125,7 @@ class TrainingMonitor(_Widget):
             ax.plot(steps, values, lw=1, label=self.metric.value)
             if self.metric.value == 'loss' and val: ax.plot(*zip(*val), 'o-', label='validation loss')
             ax.set_xlabel('step'); ax.set_ylabel(self.metric.value); ax.legend(loc='best')
-        _figure_into(self.plot, draw)
+        _figure_outputs(self.plot, draw)   # refreshed from the follower and training threads too
 
     # -- a job in other processes
     def ranks(self) -> list[dict]:
