@@ -8,13 +8,15 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.llmlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test lab docs bench kernels triton36 check-hopper gpu-dry-run install export clean-nbs help
+.PHONY: quickstart test lab docs bench peers time-to-loss kernels triton36 check-hopper gpu-dry-run install export clean-nbs help
 
 help:
 	@echo "make quickstart  install into $(VENV), then run 'llmlab quickstart'"
 	@echo "make test        run the whole suite (notebooks + tests/)"
 	@echo "make lab         JupyterLab on the notebooks"
 	@echo "make bench       CPU benchmarks (ratios against transformers)"
+	@echo "make peers       litgpt in its own venv ($(PEERS)), for benchmarks/bench_time_to_loss.py"
+	@echo "make time-to-loss  llmlab against transformers.Trainer and litgpt at equal wall time (~20 minutes)"
 	@echo "make docs        documentation site (Quarto when installed, else HTML via nbconvert)"
 	@echo "make kernels     build the CUDA C++ attention kernel (nvcc) for the cuda backend"
 	@echo "make check-hopper  compile every Triton kernel for the H100 under triton 3.9 and 3.6 (tools/check_hopper.py)"
@@ -72,6 +74,18 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_kernels.py
 	$(BIN)/python benchmarks/bench_quant.py
+
+# peers whose pins clash with llmlab's (litgpt wants huggingface_hub < 1.4) get their own venv, with the same torch
+PEERS   ?= .venv-peers
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install "$(TORCH)" litgpt==0.5.13 requests
+	touch $@
+
+peers: $(PEERS)/.installed
+
+time-to-loss: install peers
+	$(BIN)/python benchmarks/bench_time_to_loss.py
 
 # the CUDA C++ attention kernel as a shared library for the `cuda` backend (needs nvcc; sm_80 and sm_90a)
 kernels: kernels/libllmlab_attn.so

@@ -6,18 +6,21 @@ Docs: https://llmlab.github.io/llmlab/cli.html.md"""
 
 # %% ../nbs/13_cli.ipynb #65c4cafe
 from __future__ import annotations
-import argparse, codecs, importlib.util, json, os, shutil, sys, time
+import argparse, codecs, importlib.util, json, os, shutil, sys, textwrap, time
 from pathlib import Path
 
 import torch
 from transformers import TextStreamer
 
-from .core import ConfigError, LlmlabError, get_device, init_run_dir, load_config_file, seed_everything, write_json_atomic
+from .core import LlmlabError, get_device, init_run_dir, load_config_file, seed_everything, write_json_atomic
 from .model import perplexity
 from .checkpoints import load_pretrained, load_tokenizer, generate_text, pretrained_models
+from .memory import CHECKPOINT_POLICIES
+# config runs live with the Trainer; DataConfig stays importable from here
+from .train import DataConfig, build_from_config, fit_configured, train_from_config  # noqa: F401
 
 # %% auto #0
-__all__ = ['QUICKSTART_TRAIN', 'zen_of_python', 'quickstart', 'DataConfig', 'train_from_config', 'build_parser', 'main']
+__all__ = ['QUICKSTART_TRAIN', 'QUICKSTART_SAMPLE_PROMPT', 'zen_of_python', 'quickstart', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #983415e0
 def zen_of_python() -> str:
@@ -69,15 +72,23 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
                    prompt=prompt, reply=reply, generated_tokens=n_new, reply_cut=cut, tokens_per_second=round(n_new / gen_s, 2),
                    perplexity_text='zen_of_python', perplexity_tokens=ids.shape[1], perplexity=ppl)
     if train_minutes > 0:
-        say(f"\n[4/{n_steps}] Training a small Llama from scratch on the Python standard library for {train_minutes:g} minutes")
+        vocab = QUICKSTART_TRAIN['data']['train_tokenizer']
+        say(f"\n[4/{n_steps}] Training a small Llama from scratch on the Python standard library for {train_minutes:g} minutes, "
+            f"with its own {vocab:,}-token tokenizer")
         train_dir = Path(run_dir or 'runs/quickstart') / 'train'
         if train_dir.exists():   # a run folder holds one run: the quickstart's demo run starts afresh each time
             say(f"      (replacing the previous quickstart training run in {train_dir})"); shutil.rmtree(train_dir)
-        t = train_from_config(QUICKSTART_TRAIN, run_dir=str(train_dir), max_minutes=train_minutes)
+        built = build_from_config(QUICKSTART_TRAIN, run_dir=str(train_dir), max_minutes=train_minutes)
+        t = fit_configured(built)
         say(f"      {t['parameters'] / 1e6:.1f}M parameters, {t['step']} steps, {t['tokens'] / 1e6:.2f}M tokens: "
-            f"validation loss {t.get('val_loss', float('nan')):.3f} (perplexity {t.get('val_perplexity', float('nan')):.1f}); "
-            f"loss curve in {Path(t['run_dir']) / 'loss.png'}")
-        summary['train'] = {k: t.get(k) for k in ('parameters', 'step', 'tokens', 'val_loss', 'val_perplexity', 'run_dir')}
+            f"validation loss {t.get('val_loss', float('nan')):.3f} (perplexity {t.get('val_perplexity', float('nan')):.1f}, "
+            f"{t.get('val_bits_per_byte', float('nan')):.2f} bits per byte); loss curve in {Path(t['run_dir']) / 'loss.png'}")
+        seed_everything(seed)
+        sample = generate_text(built.model.eval(), built.tokenizer, QUICKSTART_SAMPLE_PROMPT, max_new_tokens=48, do_sample=True,
+                               temperature=0.8, top_k=40)
+        say("      A sample from it (temperature 0.8):\n" + textwrap.indent(QUICKSTART_SAMPLE_PROMPT + sample, '        | '))
+        summary['train'] = {**{k: t.get(k) for k in ('parameters', 'step', 'tokens', 'val_loss', 'val_perplexity', 'val_bits_per_byte',
+                                                      'run_dir', 'tokenizer')}, 'sample_prompt': QUICKSTART_SAMPLE_PROMPT, 'sample': sample}
     if run_dir:
         run_dir = Path(run_dir)
         init_run_dir(run_dir, dict(model=model, prompt=prompt, max_new_tokens=max_new_tokens, device=device, dtype=dtype),
@@ -87,61 +98,16 @@ def quickstart(model:str='smollm2-135m-instruct', prompt:str='Explain in two sen
     return summary
 
 # %% ../nbs/13_cli.ipynb #04606c55
-from dataclasses import dataclass
-from typing import Optional
-from .core import Config, load_config_file
-
-@dataclass
-class DataConfig(Config):
-    "Where training text comes from and how it is cut."
-    corpus: str = 'demo'                       # 'demo' (the Python standard library) or a file/folder of text, JSONL, Parquet
-    tokenizer: str = 'smollm2-135m-instruct'
-    block_size: int = 256
-    val_fraction: float = 0.05
-    max_docs: Optional[int] = None
-    text_field: str = 'text'
-    seed: int = 0
-
-def train_from_config(cfg:dict|str|Path, **train_overrides) -> dict:
-    "Build model and data from a config (dict or file with `model`, `data`, `train` sections) and train."
-    from llmlab.model import Llama, ModelConfig
-    from llmlab.data import TokenShards, build_shards, demo_shards, load_corpus, split_documents
-    from llmlab.train import Trainer, TrainConfig
-    d = load_config_file(cfg) if isinstance(cfg, (str, Path)) else dict(cfg)
-    unknown = set(d) - {'model', 'data', 'train'}
-    if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)}; use model, data, train")
-    data = DataConfig.from_dict(d.get('data', {}), prefix='data')
-    train = TrainConfig.from_dict({**d.get('train', {}), **train_overrides}, prefix='train')
-    tok = load_tokenizer(data.tokenizer)
-    if data.corpus == 'demo':
-        tr, va = demo_shards(tok, block_size=data.block_size, max_docs=data.max_docs, val_fraction=data.val_fraction,
-                             seed=data.seed, progress=train.progress)
-    else:
-        docs = load_corpus(data.corpus, data.text_field)[:data.max_docs]
-        tr_docs, va_docs = split_documents(docs, data.val_fraction, data.seed)
-        root = Path(train.run_dir) / 'data'
-        tr = TokenShards(build_shards(tr_docs, tok, root / 'train', progress=train.progress), data.block_size)
-        va = TokenShards(build_shards(va_docs, tok, root / 'val', progress=train.progress), data.block_size) if va_docs else None
-    m = dict(d.get('model', {}))
-    if 'pretrained' in m: model = load_pretrained(m.pop('pretrained'), progress=train.progress)
-    else:
-        seed_everything(train.seed)
-        model = Llama(ModelConfig.from_dict({'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
-                                             'max_position_embeddings': data.block_size, **m}, prefix='model'))
-    trainer = Trainer(model, train, tr, va)
-    summary = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        from llmlab.train import plot_metrics
-        plot_metrics(train.run_dir).figure.savefig(Path(train.run_dir) / 'loss.png', dpi=120, bbox_inches='tight')
-    return {**summary, 'parameters': sum(p.numel() for p in model.parameters()), 'run_dir': train.run_dir}
-
+# The quickstart's run: its own 4,096-token tokenizer (a 49,152-token vocabulary would be most of a small model), and the
+# recipe that reached the lowest loss in benchmarks/bench_time_to_loss.py: Muon with QK-norm and zero-initialised outputs
 QUICKSTART_TRAIN = {
     'model': {'hidden_size': 256, 'intermediate_size': 688, 'num_hidden_layers': 4, 'num_attention_heads': 4,
-              'num_key_value_heads': 2, 'tie_word_embeddings': True},
-    'data': {'corpus': 'demo', 'block_size': 128},
-    'train': {'max_steps': 2000, 'batch_size': 16, 'lr': 1e-3, 'warmup_steps': 50, 'eval_every': 100, 'eval_batches': 8,
-              'save_every': 500, 'log_every': 10, 'schedule': 'constant'},
+              'num_key_value_heads': 2, 'tie_word_embeddings': True, 'qk_norm': True, 'zero_init_output': True},
+    'data': {'corpus': 'demo', 'block_size': 128, 'train_tokenizer': 4096},
+    'train': {'max_steps': 5000, 'batch_size': 16, 'optimizer': 'muon', 'lr': 3e-3, 'muon_lr': 0.02, 'warmup_steps': 20,
+              'eval_every': 100, 'eval_batches': 8, 'save_every': 500, 'log_every': 10, 'schedule': 'constant'},
 }
+QUICKSTART_SAMPLE_PROMPT = 'def read_lines(path):\n'
 
 def _train_cmd(a):
     overrides = {k: v for k, v in {'max_steps': a.max_steps, 'run_dir': a.run_dir, 'max_minutes': a.max_minutes,
@@ -248,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     for k, d in (('dp', 1), ('fsdp', 1), ('tp', 1), ('pp', 1), ('micro-batches', 1), ('zero-stage', 3), ('batch-size', 1), ('seq-len', 4096)):
         pl.add_argument(f'--{k}', type=int, default=d)
     pl.add_argument('--precision', default='bf16-mixed', help='fp32, bf16 or bf16-mixed')
-    pl.add_argument('--checkpointing', default='none', help='none, full, every_N, attention, mlp, selective, offload')
+    pl.add_argument('--checkpointing', default='none', help=f"{', '.join(CHECKPOINT_POLICIES)} or every_N")
     pl.add_argument('--hardware', default='h100-80gb', help='a100-80gb, h100-80gb, h200')
     pl.add_argument('--optimizer', default='adamw')
     pl.add_argument('--claim', type=float, default=None, help='a claimed throughput in tokens/s for all GPUs: what it implies per GPU')

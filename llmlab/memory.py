@@ -19,13 +19,20 @@ from .core import ConfigError
 from .model import Block, Llama, ModelConfig
 
 # %% auto #0
-__all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_model', 'Hardware',
-           'Layout', 'as_model_config', 'parameter_counts', 'model_flops_per_token', 'block_activation_bytes', 'Plan',
-           'plan', 'implied_throughput', 'measure_step', 'simulate_sharding', 'QuantizedLinear', 'quantize',
-           'weight_bytes', 'save_quantized', 'load_quantized']
+__all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_every',
+           'checkpoint_model', 'Hardware', 'Layout', 'as_model_config', 'parameter_counts', 'model_flops_per_token',
+           'block_activation_bytes', 'Plan', 'plan', 'implied_throughput', 'measure_step', 'simulate_sharding',
+           'QuantizedLinear', 'quantize', 'weight_bytes', 'save_quantized', 'load_quantized']
 
 # %% ../nbs/06_memory.ipynb #6aa04993
 CHECKPOINT_POLICIES = ('none', 'full', 'attention', 'mlp', 'selective', 'offload')   # and 'every_N'
+
+def checkpoint_every(policy:str) -> int|None:
+    "N for a policy 'every_N' (checkpoint one block in N), None for the named policies; a clear error for anything else."
+    n = policy.split('_', 1)[1] if policy.startswith('every_') else None
+    if n is not None and n.isdigit() and int(n) >= 1: return int(n)
+    if policy in CHECKPOINT_POLICIES: return None
+    raise ConfigError(f"unknown checkpointing policy {policy!r}; choose from {', '.join(CHECKPOINT_POLICIES)} or every_N (e.g. every_2)")
 
 def _saves_matmuls():
     "Selective checkpointing: keep matrix products and attention outputs, recompute everything else."
@@ -40,10 +47,8 @@ def _saves_matmuls():
 def checkpoint_model(model:nn.Module, policy:str='full') -> nn.Module:
     "Apply an activation checkpointing `policy` to every decoder block of `model` (in place)."
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper, offload_wrapper
+    every = checkpoint_every(policy)
     if policy == 'none': return model
-    every = int(policy.split('_', 1)[1]) if policy.startswith('every_') and policy.split('_', 1)[1].isdigit() else None
-    if policy not in CHECKPOINT_POLICIES and every is None:
-        raise ConfigError(f"unknown checkpointing policy {policy!r}; choose from {', '.join(CHECKPOINT_POLICIES)} or every_N (e.g. every_2)")
     blocks = [m for m in model.modules() if isinstance(m, Block) or type(m).__name__.endswith('DecoderLayer')]
     parents = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
     def wrap(module, **kw):
@@ -104,10 +109,13 @@ def parameter_counts(cfg:ModelConfig) -> dict:
     return {'blocks': cfg.num_hidden_layers * per_block, 'block_norms': cfg.num_hidden_layers * norms, 'norm': h,
             'embedding': cfg.vocab_size * h, 'head': 0 if cfg.tie_word_embeddings else cfg.vocab_size * h}
 
-def model_flops_per_token(cfg:ModelConfig, seq_len:int) -> float:
-    "Training FLOPs per token: 6 x parameters, plus 12 x layers x attention width x sequence for the attention scores."
-    n = sum(parameter_counts(cfg).values())
-    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
+def model_flops_per_token(cfg, seq_len:int, n_params:int|None=None) -> float:
+    """Training FLOPs per token: 6 x parameters (forward and backward), plus 12 x layers x attention width x sequence for
+    the attention scores. The parameters are counted from `cfg` (an llmlab `ModelConfig`) unless `n_params` is given, as
+    the Trainer gives it for other models (a Hugging Face config, LoRA adapters)."""
+    n = n_params if n_params is not None else sum(parameter_counts(cfg).values())
+    head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len
 
 # bytes per parameter: (parameters, gradients, optimizer state for AdamW); bf16-mixed adds bf16 working copies (see comm)
 PRECISIONS = {'fp32': (4, 4, 8), 'bf16': (2, 2, 4), 'bf16-mixed': (4, 4, 8)}
@@ -181,6 +189,7 @@ def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, pre
     in_flight = min(lay.micro_batches, lay.pp) if lay.pp > 1 else 1
     act_prec = 'fp32' if precision == 'fp32' else 'bf16'
     block = block_activation_bytes(cfg, tokens, act_prec, lay.tp)
+    every = checkpoint_every(checkpointing)
     if checkpointing == 'none': per_layer, recompute = block['total'], 0.0
     elif checkpointing in ('full', 'offload'): per_layer, recompute = block['input'], block['total']
     elif checkpointing == 'attention': per_layer, recompute = block['mlp'] + block['input'], block['attention']
@@ -189,10 +198,7 @@ def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, pre
         h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
         dt = 4 if act_prec == 'fp32' else 2
         per_layer, recompute = block['input'] + dt * tokens * (3 * h / lay.tp + 2 * kv / lay.tp + 2 * i / lay.tp + h), block['total']
-    elif checkpointing.startswith('every_'):
-        n = int(checkpointing.split('_')[1])
-        per_layer, recompute = (block['input'] + (n - 1) * block['total']) / n, block['total']
-    else: raise ConfigError(f"checkpointing={checkpointing!r}: choose from {', '.join(CHECKPOINT_POLICIES)} or every_N")
+    else: per_layer, recompute = (block['input'] + (every - 1) * block['total']) / every, block['total']   # every_N
     if checkpointing == 'offload': per_layer = 0.0; notes.append('offloaded activations live in host memory')
     dt = 4 if act_prec == 'fp32' else 2
     outside = (dt + 12) * cfg.hidden_size * tokens        # embedding output and the final norm's tensors
@@ -216,7 +222,7 @@ def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, pre
     fpt = model_flops_per_token(cfg, seq_len)
     # a recomputed forward costs a third of a step's FLOPs; the halves of a block roughly in proportion to their FLOPs
     if checkpointing in ('full', 'offload'): recompute_fraction = 1 / 3
-    elif checkpointing.startswith('every_'): recompute_fraction = 1 / (3 * int(checkpointing.split('_')[1]))
+    elif checkpointing.startswith('every_'): recompute_fraction = 1 / (3 * checkpoint_every(checkpointing))
     else: recompute_fraction = {'none': 0.0, 'selective': 0.05, 'attention': 0.12, 'mlp': 0.2}[checkpointing]
     step_tokens = tokens * max(1, lay.micro_batches) * lay.dp * lay.fsdp
     compute = step_tokens * fpt * (1 + recompute_fraction) / (lay.world_size * hw.peak_tflops * 1e12 * efficiency)

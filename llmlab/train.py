@@ -18,15 +18,18 @@ from tqdm.auto import tqdm
 from accelerate.utils import DistributedType
 
 from .core import (CheckpointError, Config, ConfigError, LlmlabError, RunFolderError, git_revision, init_run_dir,
-                         seed_everything, write_json_atomic)
-from .data import ResumableSampler
-from .memory import checkpoint_model
+                         load_config_file, seed_everything, write_json_atomic)
+from .checkpoints import load_pretrained, load_tokenizer
+from .data import ResumableSampler, TokenShards, build_shards, demo_corpus, demo_shards, load_corpus, split_documents, train_tokenizer
+from .memory import checkpoint_every, checkpoint_model, model_flops_per_token
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 
 # %% auto #0
-__all__ = ['TRACKERS', 'HEARTBEAT_SECONDS', 'RESUMABLE_KEYS', 'TrainConfig', 'lr_multiplier', 'TrainerState', 'latest_checkpoint',
-           'TrackerError', 'start_trackers', 'Heartbeat', 'read_heartbeats', 'check_run_folder', 'NonFiniteLossError',
-           'flops_per_token', 'Trainer', 'read_metrics', 'plot_metrics', 'add_lora']
+__all__ = ['TRACKERS', 'HEARTBEAT_SECONDS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS', 'TrainConfig', 'lr_multiplier', 'TrainerState',
+           'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers', 'Heartbeat', 'read_heartbeats',
+           'check_run_folder', 'NonFiniteLossError', 'flops_per_token', 'prepare_model', 'Trainer', 'read_metrics',
+           'plot_metrics', 'DataConfig', 'ConfiguredRun', 'build_from_config', 'fit_configured', 'train_from_config',
+           'add_lora']
 
 # %% ../nbs/08_train.ipynb #48494a34
 TRACKERS = {'tensorboard': 'tensorboard', 'mlflow': 'mlflow', 'wandb': 'wandb'}   # Accelerate's tracker name -> the package it needs
@@ -79,9 +82,11 @@ class TrainConfig(Config):
         if not 0 < self.decay_fraction <= 1: raise ConfigError(f"{self._where('decay_fraction')}={self.decay_fraction} must be in (0, 1]")
         for k in self.trackers:
             if k not in TRACKERS: raise ConfigError(f"{self._where('trackers')} has {k!r}; choose from {', '.join(TRACKERS)} ([] for none)")
-        known = ('attention', 'rmsnorm', 'rope', 'swiglu', 'linear_cross_entropy')
-        for k in self.kernels:
-            if k not in known: raise ConfigError(f"{self._where('kernels')} has {k!r}; choose from {', '.join(known)}")
+        if self.kernels:
+            from llmlab.kernels import KERNELS   # the kernels' own list (imported only when kernels are asked for: it loads Triton)
+            for k in self.kernels:
+                if k not in KERNELS: raise ConfigError(f"{self._where('kernels')} has {k!r}; choose from {', '.join(KERNELS)}")
+        if self.activation_checkpointing: checkpoint_every(self.checkpoint_policy)   # an unknown policy fails here, not at step 0
         if self.tp_size < 1: raise ConfigError(f"{self._where('tp_size')}={self.tp_size} must be positive")
         if self.optimizer == 'muon' and self.parallelism == 'deepspeed':
             raise ConfigError("optimizer='muon' runs with parallelism='ddp' or 'fsdp'; DeepSpeed steps its own optimizers")
@@ -128,6 +133,68 @@ def latest_checkpoint(run_dir) -> Path|None:
     if not p.exists(): return None
     ckpt = Path(run_dir) / 'checkpoints' / json.loads(p.read_text())['name']
     return ckpt if ckpt.exists() else None
+
+class Checkpointer:
+    """The checkpoints of one run folder, on every rank: `save` writes `checkpoints/step-N` atomically and moves
+    `latest.json` to it, keeping the last `keep_last` and the best; `load` restores one. `sharded` (FSDP2, TP) saves model
+    and optimizer through DCP, with `extras` (objects with `state_dict`, such as the trainer state and the schedule) beside
+    them; otherwise Accelerate's `save_state` holds everything registered with the accelerator."""
+    def __init__(self, run_dir, accelerator, keep_last:int=2, sharded:bool=False):
+        self.dir, self.acc, self.keep_last, self.sharded = Path(run_dir) / 'checkpoints', accelerator, keep_last, sharded
+
+    def latest(self) -> Path|None: return latest_checkpoint(self.dir.parent)
+
+    def save(self, step:int, best_step:int|None=None, model=None, optimizer=None, extras:dict|None=None) -> Path:
+        acc, name = self.acc, f'step-{step:08d}'
+        tmp = self.dir / f'.{name}.tmp'
+        if acc.is_main_process:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        if self.sharded: self._save_sharded(tmp, model, optimizer, extras or {})
+        else: acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+            os.replace(tmp, self.dir / name)
+            write_json_atomic(self.dir / 'latest.json', {'name': name, 'step': step})
+            keep = {name} | ({f'step-{best_step:08d}'} if best_step is not None else set())
+            old = sorted(p for p in self.dir.glob('step-*') if p.name not in keep)
+            for p in old[:max(0, len(old) - (self.keep_last - 1))]: shutil.rmtree(p, ignore_errors=True)
+        acc.wait_for_everyone()
+        return self.dir / name
+
+    def load(self, path, model=None, optimizer=None, extras:dict|None=None):
+        path = Path(path)
+        if (path / 'dcp').is_dir(): self._load_sharded(path, model, optimizer, extras or {})
+        elif self.sharded:
+            raise CheckpointError(f"{path} was not written with parallelism='fsdp' (no dcp/ folder): resume it with the parallelism it was saved with")
+        else: self.acc.load_state(str(path))
+
+    # DCP writes each rank's shards and can load them into any other sharding; the extras and each rank's RNG go beside
+    def _save_sharded(self, folder:Path, model, optimizer, extras:dict):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({'model': model_sd, 'optim': optim_sd}, checkpoint_id=str(folder / 'dcp'))
+        if self.acc.is_main_process: torch.save({k: v.state_dict() for k, v in extras.items()}, folder / 'trainer_state.pt')
+        rng = {'cpu': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+        torch.save(rng, folder / f'rng_state_{self.acc.process_index}.pt')
+
+    def _load_sharded(self, folder:Path, model, optimizer, extras:dict):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {'model': model_sd, 'optim': optim_sd}
+        dcp.load(state, checkpoint_id=str(folder / 'dcp'))
+        set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optim'])
+        saved = torch.load(folder / 'trainer_state.pt', weights_only=True)
+        for k, v in extras.items(): v.load_state_dict(saved[k])
+        rng_file = folder / f'rng_state_{self.acc.process_index}.pt'
+        if rng_file.exists():   # absent when resuming on more processes than saved
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng['cpu'])
+            if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state(rng['cuda'])
 
 # %% ../nbs/08_train.ipynb #bd2cb7b1
 class TrackerError(LlmlabError):
@@ -242,12 +309,10 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KB
 
 def flops_per_token(model, seq_len:int) -> float:
-    "Training FLOPs per token: 6 x parameters (forward and backward) plus attention's 12 x layers x width x sequence."
+    "Training FLOPs per token of `model` as it is (its own parameters counted), by `llmlab.memory.model_flops_per_token`."
     cfg = getattr(model, 'config', None)
     n = sum(p.numel() for p in model.parameters())
-    if cfg is None: return 6.0 * n
-    heads, head_dim = cfg.num_attention_heads, getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
-    return 6.0 * n + 12.0 * cfg.num_hidden_layers * heads * head_dim * seq_len
+    return model_flops_per_token(cfg, seq_len, n_params=n) if cfg is not None else 6.0 * n
 
 def _make_accelerator(c:TrainConfig):
     from accelerate import Accelerator
@@ -298,11 +363,24 @@ def _optimizer(model, c:TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
                              lr=c.lr, betas=c.betas, eps=c.eps, foreach=not mixed)
 
+def prepare_model(model, c:TrainConfig, mesh=None, device=None):
+    """Apply to `model`, from outside and in this order: the Triton kernels `c.kernels` names, activation checkpointing,
+    `torch.compile`, then FSDP2 and tensor parallelism over `mesh` (before any optimizer sees the parameters). In place."""
+    if c.kernels and set(c.kernels) != {'linear_cross_entropy'}:
+        from llmlab.kernels import apply_kernels
+        apply_kernels(model, [k for k in c.kernels if k != 'linear_cross_entropy'])
+    if c.activation_checkpointing: checkpoint_model(model, c.checkpoint_policy)
+    if c.compile: model.compile()
+    if mesh is not None: parallelize(model.to(device), mesh, fsdp=mesh['dp'].size() > 1)
+    return model
+
 def _loss(model, batch) -> torch.Tensor:
     out = model(batch['input_ids'])
     logits = out if isinstance(out, torch.Tensor) else out.logits
     return F.cross_entropy(logits.flatten(0, 1).float(), batch['labels'].flatten(), ignore_index=-100)
 
+
+# %% ../nbs/08_train.ipynb #80750920
 class Trainer:
     def __init__(self, model, config:TrainConfig, train_data, val_data=None, callbacks:Sequence=(), accelerator=None,
                  loss_fn:Callable=_loss):
@@ -324,17 +402,12 @@ class Trainer:
         self.micro = c.batch_size // (self.accum * self.dp_size)
         self.run_dir = Path(c.run_dir)
         seed_everything(c.seed)
-        if c.kernels:
-            from llmlab.kernels import apply_kernels, fused_causal_lm_loss
-            apply_kernels(model, [k for k in c.kernels if k != 'linear_cross_entropy'])
-            if 'linear_cross_entropy' in c.kernels:
-                if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
-                if loss_fn is _loss: self.loss_fn = fused_causal_lm_loss
-        if c.activation_checkpointing: checkpoint_model(model, c.checkpoint_policy)
-        if c.compile: model.compile()
-        self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])
-        if self.mesh is not None:   # sharded from outside, before the optimizer sees the parameters
-            parallelize(model.to(acc.device), self.mesh, fsdp=self.mesh['dp'].size() > 1)
+        if 'linear_cross_entropy' in c.kernels:   # a loss, not a layer: the Trainer swaps its loss function
+            from llmlab.kernels import fused_causal_lm_loss
+            if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
+            if loss_fn is _loss: self.loss_fn = fused_causal_lm_loss
+        self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])   # before sharding
+        prepare_model(model, c, self.mesh, acc.device)
         opt = _optimizer(model, c)
         # the schedule counts optimizer steps; Accelerate's prepared scheduler would step once per process
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, c))
@@ -350,6 +423,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(train_data), seed=c.seed, rank=self.dp_rank, world_size=self.dp_size)
         self.state = TrainerState(self.sampler)
         acc.register_for_checkpointing(self.state)
+        self.checkpoints = Checkpointer(self.run_dir, acc, c.keep_last, sharded=c.parallelism == 'fsdp')
         self.should_stop, self.bad_steps, self.signalled, self.preempted = False, 0, None, False
         if self.deepspeed and torch.distributed.is_initialized(): atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -384,60 +458,14 @@ class Trainer:
                     yield {k: torch.stack([self.train_data[j][k] for j in idx]).to(self.accelerator.device) for k in ('input_ids', 'labels')}
                     idx = []
 
-    # -- checkpoints
-    def save_checkpoint(self):
-        acc, ckdir = self.accelerator, self.run_dir / 'checkpoints'
-        name = f'step-{self.state.step:08d}'
-        tmp = ckdir / f'.{name}.tmp'
-        if acc.is_main_process:
-            ckdir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        if self.config.parallelism == 'fsdp': self._save_sharded(tmp)
-        else: acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(ckdir / name, ignore_errors=True)
-            os.replace(tmp, ckdir / name)
-            write_json_atomic(ckdir / 'latest.json', {'name': name, 'step': self.state.step})
-            keep = {name} | ({f'step-{self.state.best_step:08d}'} if self.state.best_step is not None else set())
-            old = sorted(p for p in ckdir.glob('step-*') if p.name not in keep)
-            for p in old[:max(0, len(old) - (self.config.keep_last - 1))]: shutil.rmtree(p, ignore_errors=True)
-        acc.wait_for_everyone()
+    # -- checkpoints (the Checkpointer above does the work)
+    def _checkpoint_args(self) -> dict:
+        return dict(model=self.model, optimizer=self.optimizer.optimizer, extras={'trainer': self.state, 'scheduler': self.scheduler})
 
-    def load_checkpoint(self, path):
-        path = Path(path)
-        if (path / 'dcp').is_dir(): self._load_sharded(path)
-        elif self.config.parallelism == 'fsdp':
-            raise CheckpointError(f"{path} was not written with parallelism='fsdp' (no dcp/ folder): resume it with the parallelism it was saved with")
-        else: self.accelerator.load_state(str(path))
+    def save_checkpoint(self) -> Path:
+        return self.checkpoints.save(self.state.step, self.state.best_step, **self._checkpoint_args())
 
-    # FSDP and TP: torch.distributed.checkpoint (DCP) writes each rank's shards and can load them into any other sharding
-    def _save_sharded(self, folder:Path):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer.optimizer)
-        dcp.save({'model': model_sd, 'optim': optim_sd}, checkpoint_id=str(folder / 'dcp'))
-        acc = self.accelerator
-        if acc.is_main_process:
-            torch.save({'trainer': self.state.state_dict(), 'scheduler': self.scheduler.state_dict()}, folder / 'trainer_state.pt')
-        rng = {'cpu': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
-        torch.save(rng, folder / f'rng_state_{acc.process_index}.pt')
-
-    def _load_sharded(self, folder:Path):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer.optimizer)
-        state = {'model': model_sd, 'optim': optim_sd}
-        dcp.load(state, checkpoint_id=str(folder / 'dcp'))
-        set_state_dict(self.model, self.optimizer.optimizer, model_state_dict=state['model'], optim_state_dict=state['optim'])
-        saved = torch.load(folder / 'trainer_state.pt', weights_only=True)
-        self.state.load_state_dict(saved['trainer']); self.scheduler.load_state_dict(saved['scheduler'])
-        rng_file = folder / f'rng_state_{self.accelerator.process_index}.pt'
-        if rng_file.exists():   # absent when resuming on more processes than saved
-            rng = torch.load(rng_file, weights_only=True)
-            torch.set_rng_state(rng['cpu'])
-            if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state(rng['cuda'])
+    def load_checkpoint(self, path): self.checkpoints.load(path, **self._checkpoint_args())
 
     # -- evaluation
     @torch.no_grad()
@@ -492,12 +520,47 @@ class Trainer:
 
     def _on_signal(self, signum, frame): self.signalled = signal.Signals(signum).name
 
+    def _step(self, batches) -> tuple[float, float, bool]:
+        "One optimizer step over `accum` micro-batches: the loss averaged over all ranks, the gradient norm, and whether both were finite."
+        c, acc, st = self.config, self.accelerator, self.state
+        total_loss = torch.zeros((), device=acc.device)
+        for micro in range(self.accum):
+            batch = next(batches)
+            with self._sync_context(micro == self.accum - 1), acc.autocast():
+                loss = self.loss_fn(self.model, batch)
+            if self.deepspeed: self.model.backward(loss); self.model.step()   # DeepSpeed scales, accumulates, clips, steps
+            else: acc.backward(loss / self.accum)
+            total_loss += loss.detach() / self.accum
+            st.tokens += batch['input_ids'].numel() * self.dp_size
+        if self.deepspeed: grad_norm = self.model.get_global_grad_norm()
+        elif c.parallelism == 'fsdp': grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
+        else: grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))
+        grad_norm = float('nan') if grad_norm is None else float(grad_norm)
+        # one all-reduce carries the loss and whether any rank was signalled, so all of them stop at the same step
+        signalled = torch.tensor(float(self.signalled is not None), device=acc.device)
+        reduced = acc.reduce(torch.stack([total_loss, signalled]), 'mean')
+        mean_loss = reduced[:1]
+        if reduced[1] > 0 and not self.preempted:
+            self.preempted = self.should_stop = True
+            if acc.is_main_process: print(f"llmlab: {self.signalled or 'another rank was signalled'}: checkpointing at step "
+                                          f"{st.step + 1} and stopping; resume='auto' continues from there", file=sys.stderr, flush=True)
+        finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
+        if finite:
+            if not self.deepspeed: self.optimizer.step()
+            self.bad_steps = 0
+        else:   # under DeepSpeed the step has already been taken: it is logged, not skipped
+            self.bad_steps += 1
+        self.scheduler.step()
+        if not self.deepspeed: self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        return float(mean_loss), grad_norm, finite
+
     def _fit(self, heartbeat:Heartbeat) -> dict:
         c, acc, st = self.config, self.accelerator, self.state
         if acc.is_main_process and not (self.run_dir / 'run.json').exists():
             init_run_dir(self.run_dir, c, seed=c.seed, kind='train')
         start_trackers(acc, c, self.run_dir)
-        resume = latest_checkpoint(self.run_dir) if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
+        resume = self.checkpoints.latest() if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
         if resume is not None:
             self.load_checkpoint(resume)
             if acc.is_main_process: print(f"llmlab: resumed from {resume} (step {st.step})", file=sys.stderr, flush=True)
@@ -510,40 +573,10 @@ class Trainer:
         t0, tokens0, last = time.perf_counter(), st.tokens, {}
         started = time.perf_counter()
         while st.step < c.max_steps and not self.should_stop:
-            total_loss = torch.zeros((), device=acc.device)
-            for micro in range(self.accum):
-                batch = next(batches)
-                with self._sync_context(micro == self.accum - 1), acc.autocast():
-                    loss = self.loss_fn(self.model, batch)
-                if self.deepspeed: self.model.backward(loss); self.model.step()   # DeepSpeed scales, accumulates, clips, steps
-                else: acc.backward(loss / self.accum)
-                total_loss += loss.detach() / self.accum
-                st.tokens += batch['input_ids'].numel() * self.dp_size
-            if self.deepspeed: grad_norm = self.model.get_global_grad_norm()
-            elif c.parallelism == 'fsdp': grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
-            else: grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))
-            grad_norm = float('nan') if grad_norm is None else float(grad_norm)
-            # one all-reduce carries the loss and whether any rank was signalled, so all of them stop at the same step
-            signalled = torch.tensor(float(self.signalled is not None), device=acc.device)
-            reduced = acc.reduce(torch.stack([total_loss, signalled]), 'mean')
-            mean_loss = reduced[:1]
-            if reduced[1] > 0 and not self.preempted:
-                self.preempted = self.should_stop = True
-                if acc.is_main_process: print(f"llmlab: {self.signalled or 'another rank was signalled'}: checkpointing at step "
-                                              f"{st.step + 1} and stopping; resume='auto' continues from there", file=sys.stderr, flush=True)
-            finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
-            if finite:
-                if not self.deepspeed: self.optimizer.step()
-                self.bad_steps = 0
-            else:   # under DeepSpeed the step has already been taken: it is logged, not skipped
-                self.bad_steps += 1
-            self.scheduler.step()
-            if not self.deepspeed: self.optimizer.zero_grad(set_to_none=True)
-            st.step += 1
+            loss, grad_norm, finite = self._step(batches)
             heartbeat.update(step=st.step)
             bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
-            record = {'step': st.step, 'loss': float(mean_loss), 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm,
-                      'tokens': st.tokens}
+            record = {'step': st.step, 'loss': loss, 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm, 'tokens': st.tokens}
             if not finite:
                 record['skipped'] = True
                 self._log(record)
@@ -597,6 +630,85 @@ def plot_metrics(run_dir, ax=None):
     if val: ax.plot(*zip(*val), 'o-', label='validation loss')
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
     return ax
+
+# %% ../nbs/08_train.ipynb #919d8f5a
+@dataclass
+class DataConfig(Config):
+    "Where training text comes from, how it is tokenized and cut."
+    corpus: str = 'demo'                       # 'demo' (the Python standard library) or a file/folder of text, JSONL, Parquet
+    tokenizer: str = 'smollm2-135m-instruct'   # a known name or a Hugging Face folder (unused with train_tokenizer)
+    train_tokenizer: Optional[int] = None      # a vocabulary size: learn a byte-level BPE from the training documents instead
+    block_size: int = 256
+    val_fraction: float = 0.05
+    max_docs: Optional[int] = None
+    text_field: str = 'text'
+    seed: int = 0
+
+CONFIG_SECTIONS = ('model', 'data', 'train')
+
+@dataclass
+class ConfiguredRun:
+    "What a config describes, built: `train_from_config` trains it; the quickstart also samples from its model."
+    model: torch.nn.Module
+    tokenizer: object
+    data: DataConfig
+    train: TrainConfig
+    train_data: TokenShards
+    val_data: Optional[TokenShards]
+    val_bytes: int                             # UTF-8 bytes of the validation documents (for bits per byte)
+
+def _tokenizer_for(data:DataConfig, train_docs, run_dir:Path):
+    "The configured tokenizer, or one learned from `train_docs` into `run_dir/tokenizer` (once; every rank waits for it)."
+    if not data.train_tokenizer: return load_tokenizer(data.tokenizer)
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+    path = run_dir / 'tokenizer'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(run_dir / '.tokenizer.lock')):
+        if not (path / 'tokenizer.json').exists(): train_tokenizer(train_docs, data.train_tokenizer, path)
+    return AutoTokenizer.from_pretrained(str(path))
+
+def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
+    "The model, tokenizer and data of a config (a dict, or a YAML/TOML file, with `model`, `data` and `train` sections)."
+    d = load_config_file(cfg) if isinstance(cfg, (str, Path)) else dict(cfg)
+    unknown = set(d) - set(CONFIG_SECTIONS)
+    if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)}; use {', '.join(CONFIG_SECTIONS)}")
+    data = DataConfig.from_dict(d.get('data', {}), prefix='data')
+    train = TrainConfig.from_dict({**d.get('train', {}), **train_overrides}, prefix='train')
+    docs = demo_corpus(data.max_docs) if data.corpus == 'demo' else load_corpus(data.corpus, data.text_field)[:data.max_docs]
+    tr_docs, va_docs = split_documents(docs, data.val_fraction, data.seed)
+    run_dir = Path(train.run_dir)
+    tok = _tokenizer_for(data, tr_docs, run_dir)
+    if data.corpus == 'demo' and not data.train_tokenizer:   # shared across runs in llmlab's cache, keyed by the tokenizer's name
+        tr, va = demo_shards(tok, block_size=data.block_size, max_docs=data.max_docs, val_fraction=data.val_fraction,
+                             seed=data.seed, progress=train.progress)
+    else:
+        tr = TokenShards(build_shards(tr_docs, tok, run_dir / 'data' / 'train', progress=train.progress), data.block_size)
+        va = TokenShards(build_shards(va_docs, tok, run_dir / 'data' / 'val', progress=train.progress), data.block_size) if va_docs else None
+    m = dict(d.get('model', {}))
+    if 'pretrained' in m: model = load_pretrained(m.pop('pretrained'), progress=train.progress)
+    else:
+        from llmlab.model import Llama, ModelConfig
+        seed_everything(train.seed)
+        model = Llama(ModelConfig.from_dict({'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
+                                             'max_position_embeddings': data.block_size, **m}, prefix='model'))
+    return ConfiguredRun(model, tok, data, train, tr, va, sum(len(t.encode()) for t in va_docs))
+
+def fit_configured(run:ConfiguredRun, callbacks:Sequence=()) -> dict:
+    "Train a built config; the Trainer's summary with the parameter count, bits per byte and where the run is."
+    trainer = Trainer(run.model, run.train, run.train_data, run.val_data, callbacks=callbacks)
+    summary = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        plot_metrics(run.train.run_dir).figure.savefig(Path(run.train.run_dir) / 'loss.png', dpi=120, bbox_inches='tight')
+    out = {**summary, 'parameters': sum(p.numel() for p in run.model.parameters()), 'run_dir': run.train.run_dir}
+    if summary.get('val_loss') is not None and run.val_bytes:   # nats per token x tokens per byte / ln 2
+        out['val_bits_per_byte'] = summary['val_loss'] * run.val_data.index['n_tokens'] / run.val_bytes / math.log(2)
+    if run.data.train_tokenizer: out['tokenizer'] = str(Path(run.train.run_dir) / 'tokenizer')
+    return out
+
+def train_from_config(cfg:dict|str|Path, **train_overrides) -> dict:
+    "Build model and data from a config (dict or file with `model`, `data`, `train` sections) and train; the summary."
+    return fit_configured(build_from_config(cfg, **train_overrides))
 
 # %% ../nbs/08_train.ipynb #d68f452f
 def add_lora(model, r:int=8, alpha:int=16, dropout:float=0.0, target_modules:Sequence[str]=('q_proj', 'v_proj')):

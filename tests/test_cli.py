@@ -31,6 +31,12 @@ def test_quickstart_writes_its_run_folder(tmp_path):
     run_info = json.loads((tmp_path / 'qs' / 'run.json').read_text())
     assert f"{summary['perplexity']:.2f}" in r.stdout
     assert run_info['kind'] == 'quickstart' and run_info['config']['max_new_tokens'] == 8
-    train = summary['train']                                   # step 4: a small model trained on the stdlib
-    assert train['step'] >= 1 and train['parameters'] > 10e6 and 0 < train['val_loss'] < 20
+    train = summary['train']                                   # step 4: a small model trained on the stdlib, own tokenizer
+    assert train['step'] >= 1 and 1e6 < train['parameters'] < 10e6 and 0 < train['val_loss'] < 20
     assert (tmp_path / 'qs' / 'train' / 'loss.png').exists() and f"validation loss {train['val_loss']:.3f}" in r.stdout
+    from transformers import AutoTokenizer
+    from llmlab.cli import QUICKSTART_TRAIN
+    test_tok = AutoTokenizer.from_pretrained(train['tokenizer'])
+    assert len(test_tok) == QUICKSTART_TRAIN['data']['train_tokenizer']
+    assert 0 < train['val_bits_per_byte'] < 8 and f"{train['val_bits_per_byte']:.2f} bits per byte" in r.stdout
+    assert train['sample'] and train['sample_prompt'].splitlines()[0] in r.stdout   # the trained model wrote something
