@@ -380,7 +380,7 @@ def _loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), batch['labels'].flatten(), ignore_index=-100)
 
 
-# %% ../nbs/08_train.ipynb #80750920
+# %% ../nbs/08_train.ipynb #9cc3b9da
 class Trainer:
     def __init__(self, model, config:TrainConfig, train_data, val_data=None, callbacks:Sequence=(), accelerator=None,
                  loss_fn:Callable=_loss):
@@ -631,7 +631,7 @@ def plot_metrics(run_dir, ax=None):
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(Path(run_dir).name); ax.legend()
     return ax
 
-# %% ../nbs/08_train.ipynb #919d8f5a
+# %% ../nbs/08_train.ipynb #15e4c25e
 @dataclass
 class DataConfig(Config):
     "Where training text comes from, how it is tokenized and cut."
