@@ -17,7 +17,7 @@ import torch
 # %% auto #0
 __all__ = ['LlmlabError', 'ConfigError', 'CheckpointError', 'RunFolderError', 'UnknownNameError', 'Registry', 'Config',
            'load_config_file', 'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'assert_close',
-           'git_revision', 'environment_info', 'init_run_dir', 'write_json_atomic']
+           'git_revision', 'environment_info', 'RunFolder', 'init_run_dir', 'write_text_atomic', 'write_json_atomic']
 
 # %% ../nbs/00_core.ipynb #d9411469
 class LlmlabError(Exception):
@@ -303,20 +303,78 @@ def environment_info() -> dict:
             'torch': torch.__version__, 'cuda': torch.version.cuda, 'gpus': torch.cuda.device_count(),
             'threads': torch.get_num_threads(), **{p: version(p) for p in ('llmlab', 'transformers', 'accelerate')}}
 
-def init_run_dir(path, config:Config|dict|None=None, seed:int|None=None, kind:str='run') -> Path:
-    "Create the run folder `path` and write its `run.json` (config, seed, git revision, environment)."
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = config.to_dict() if isinstance(config, Config) else (config or {})
-    info = {'kind': kind, 'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'config': cfg, 'seed': seed,
-            'git_revision': git_revision(Path(__import__('llmlab').__file__).parent),  # the revision of llmlab's code
-            'command': ' '.join(sys.argv), 'environment': environment_info()}
-    write_json_atomic(path / 'run.json', info)
-    return path
 
-def write_json_atomic(path, obj):
-    "Write JSON to a temporary file beside `path`, then rename it into place: readers never see half a file."
+# %% ../nbs/00_core.ipynb #65b8585e
+class RunFolder:
+    "A run folder's files by name (see the table above); `RunFolder(path)` touches nothing until asked."
+    def __init__(self, path): self.path = Path(path)
+    def __repr__(self): return f"RunFolder({str(self.path)!r})"
+    def __fspath__(self): return str(self.path)
+    run_json = property(lambda self: self.path / 'run.json')
+    metrics = property(lambda self: self.path / 'metrics.jsonl')
+    summary = property(lambda self: self.path / 'summary.json')
+    checkpoints = property(lambda self: self.path / 'checkpoints')
+    latest_json = property(lambda self: self.checkpoints / 'latest.json')
+    ranks = property(lambda self: self.path / 'ranks')
+    items = property(lambda self: self.path / 'items')
+    results = property(lambda self: self.path / 'results')
+    name = property(lambda self: self.path.name)
+    def item_file(self, task:str) -> Path: return self.items / f'{task}.jsonl'
+    def result_file(self, task:str) -> Path: return self.results / f'{task}.json'
+
+    def create(self, config:Config|dict|None=None, seed:int|None=None, kind:str='run') -> RunFolder:
+        "Make the folder and write `run.json` (config, seed, git revision of llmlab's code, command, environment)."
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg = config.to_dict() if isinstance(config, Config) else (config or {})
+        write_json_atomic(self.run_json, {'kind': kind, 'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'config': cfg, 'seed': seed,
+                                          'git_revision': git_revision(Path(__import__('llmlab').__file__).parent),
+                                          'command': ' '.join(sys.argv), 'environment': environment_info()})
+        return self
+
+    def info(self) -> dict:
+        "`run.json`, or {} when the folder holds no run yet."
+        if not self.run_json.exists(): return {}
+        try: return json.loads(self.run_json.read_text())
+        except json.JSONDecodeError: raise RunFolderError(f"{self.run_json} is not JSON: not a run folder llmlab can continue; use a new run folder") from None
+
+    def append_metrics(self, record:dict):
+        with open(self.metrics, 'a') as f: f.write(json.dumps(record) + '\n')
+
+    def read_metrics(self) -> list[dict]:
+        "The records of `metrics.jsonl` ([] when there is none); a half-written last line is skipped."
+        lines = self.metrics.read_text(errors='replace').splitlines() if self.metrics.exists() else []
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip(): continue
+            try: rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1: continue   # being written right now
+                raise RunFolderError(f"{self.metrics} line {i + 1} is not JSON ({line[:40]!r}...): the file is damaged; move it aside to start afresh") from None
+            if not isinstance(rec, dict) or 'step' not in rec:
+                raise RunFolderError(f"{self.metrics} line {i + 1} has no 'step': not a metrics file written by llmlab")
+            out.append(rec)
+        return out
+
+    def truncate_metrics(self, step:int):
+        "Drop the records after `step` (logged after the checkpoint a run resumes from)."
+        if self.metrics.exists(): write_text_atomic(self.metrics, ''.join(json.dumps(r) + '\n' for r in self.read_metrics() if r['step'] <= step))
+
+    def latest_checkpoint(self) -> dict|None:
+        "What `checkpoints/latest.json` says (name, step), with the folder as `path` and its age in seconds; None if none exists."
+        try: d = json.loads(self.latest_json.read_text()); age = time.time() - self.latest_json.stat().st_mtime
+        except (OSError, json.JSONDecodeError): return None
+        return {**d, 'path': self.checkpoints / d['name'], 'age': age} if (self.checkpoints / d['name']).exists() else None
+
+def init_run_dir(path, config:Config|dict|None=None, seed:int|None=None, kind:str='run') -> Path:
+    "Create the run folder `path` and write its `run.json` (`RunFolder.create`)."
+    return RunFolder(path).create(config, seed, kind).path
+
+def write_text_atomic(path, text:str):
+    "Write `text` to a temporary file beside `path`, then rename it into place: readers never see half a file."
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+def write_json_atomic(path, obj): write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core import Config, ConfigError, Registry, init_run_dir, write_json_atomic
+from .core import Config, ConfigError, Registry, RunFolder, write_json_atomic
 from .model import Llama
 from . import metrics as M
 
@@ -668,8 +668,8 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
     item_file = None
     done = {}
     if run_dir is not None:
-        (Path(run_dir) / 'items').mkdir(parents=True, exist_ok=True)
-        item_file = Path(run_dir) / 'items' / f'{cfg.task}.jsonl'
+        item_file = RunFolder(run_dir).item_file(cfg.task)
+        item_file.parent.mkdir(parents=True, exist_ok=True)
         done = _read_items(item_file)
     todo = [i for i in range(len(t.docs)) if i not in done]
     bar = tqdm(total=len(t.docs), initial=len(t.docs) - len(todo), desc=cfg.task, disable=not progress)
@@ -693,21 +693,21 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
         errors['n_clusters'] = len(set(map(str, clusters)))
     result = TaskResult(cfg.task, scores, stderr, len(items), items, errors)
     if run_dir is not None:
-        (Path(run_dir) / 'results').mkdir(exist_ok=True)
-        write_json_atomic(Path(run_dir) / 'results' / f'{cfg.task}.json',
+        RunFolder(run_dir).results.mkdir(exist_ok=True)
+        write_json_atomic(RunFolder(run_dir).result_file(cfg.task),
                           {'task': cfg.task, 'kind': cfg.kind, 'n': len(items), 'scores': scores, 'stderr': stderr, **errors,
                            'config': {k: v for k, v in cfg.to_dict().items() if k != 'source_dir'}})
     return result
 
 def run_evaluation(lm, tasks:Sequence, run_dir, config:dict|None=None, **kwargs) -> dict[str, TaskResult]:
     "Evaluate several tasks into one run folder, with `summary.json` listing every score."
-    run_dir = Path(run_dir)
-    if not (run_dir / 'run.json').exists(): init_run_dir(run_dir, config or {'tasks': [str(t) for t in tasks]}, kind='eval')
+    run = RunFolder(run_dir)
+    if not run.run_json.exists(): run.create(config or {'tasks': [str(t) for t in tasks]}, kind='eval')
     results = {}
     for task in tasks:
-        r = evaluate_task(lm, task, run_dir, **kwargs)
+        r = evaluate_task(lm, task, run.path, **kwargs)
         results[r.task] = r
-    write_json_atomic(run_dir / 'summary.json', {name: {'n': r.n, 'scores': r.scores, 'stderr': r.stderr, **r.errors} for name, r in results.items()})
+    write_json_atomic(run.summary, {name: {'n': r.n, 'scores': r.scores, 'stderr': r.stderr, **r.errors} for name, r in results.items()})
     return results
 
 # %% ../nbs/10_eval.ipynb #6c06f005
@@ -819,15 +819,14 @@ def compare_runs(baseline, runs:Sequence, iters:int=10000, seed:int=0):
     "A data frame comparing each run folder in `runs` with `baseline` on the tasks they share (paired by item)."
     import pandas as pd
     rows = []
-    base_dir = Path(baseline)
-    for run in runs:
-        run = Path(run)
-        for f in sorted((run / 'items').glob('*.jsonl')):
-            bf = base_dir / 'items' / f.name
+    base = RunFolder(baseline)
+    for run in map(RunFolder, runs):
+        for f in sorted(run.items.glob('*.jsonl')):
+            bf = base.item_file(f.stem)
             if not bf.exists(): continue
             A, B = _read_items(bf), _read_items(f)
             ids = sorted(set(A) & set(B))
-            res = json.loads((run / 'results' / f'{f.stem}.json').read_text())
+            res = json.loads(run.result_file(f.stem).read_text())
             key = res.get('primary_metric') or _ITEM_KEY.get(res['kind'])    # lm-eval tasks (llmlab.harness) name theirs
             if key is None: continue
             a, b = [A[i]['scores'][key] for i in ids], [B[i]['scores'][key] for i in ids]

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .core import ConfigError, init_run_dir, write_json_atomic
+from .core import ConfigError, RunFolder, write_json_atomic, write_text_atomic
 from .eval import EvalModel, TaskResult, builtin_tasks, clt_stderr, clustered_stderr, lm_eval_task_keys
 
 # %% auto #0
@@ -187,8 +187,9 @@ def evaluate_harness(lm, tasks:Sequence[str]|str, run_dir=None, data_dir=None, i
     tm, tasks = _task_manager(tasks, include_path)
     cache = None
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        if not (run_dir / 'run.json').exists(): init_run_dir(run_dir, config or {'tasks': tasks}, kind='eval')
+        run = RunFolder(run_dir)
+        run_dir = run.path
+        if not run.run_json.exists(): run.create(config or {'tasks': tasks}, kind='eval')
         (run_dir / 'cache').mkdir(exist_ok=True)
         cache = str(run_dir / 'cache' / 'lm_eval')                 # lm-eval's SQLite request cache: a rerun resumes
     with local_datasets(data_dir):
@@ -199,15 +200,14 @@ def evaluate_harness(lm, tasks:Sequence[str]|str, run_dir=None, data_dir=None, i
     results = {name: _task_result(name, samples, out['results'][name], out['configs'].get(name), cluster_field)
                for name, samples in out['samples'].items()}
     if run_dir is not None:
-        for sub in ('items', 'results'): (run_dir / sub).mkdir(exist_ok=True)
+        for sub in (run.items, run.results): sub.mkdir(exist_ok=True)
         for name, r in results.items():
-            tmp = run_dir / 'items' / f'.{name}.jsonl.tmp'
-            tmp.write_text(''.join(json.dumps(it, default=str) + '\n' for it in r.items)); tmp.replace(run_dir / 'items' / f'{name}.jsonl')
-            write_json_atomic(run_dir / 'results' / f'{name}.json', {'task': name, 'kind': 'lm_eval', 'primary_metric': _primary_metric(r.scores),
+            write_text_atomic(run.item_file(name), ''.join(json.dumps(it, default=str) + '\n' for it in r.items))
+            write_json_atomic(run.result_file(name), {'task': name, 'kind': 'lm_eval', 'primary_metric': _primary_metric(r.scores),
                               'n': r.n, 'scores': r.scores, 'stderr': r.stderr, **r.errors, 'config': out['configs'].get(name)})
-        write_json_atomic(run_dir / 'results' / 'lm_eval.json', {k: out[k] for k in ('results', 'groups', 'group_subtasks', 'configs',
+        write_json_atomic(run.result_file('lm_eval'), {k: out[k] for k in ('results', 'groups', 'group_subtasks', 'configs',
                           'versions', 'n-shot', 'higher_is_better', 'n-samples') if k in out})
-        summary = json.loads((run_dir / 'summary.json').read_text()) if (run_dir / 'summary.json').exists() else {}
+        summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
         summary.update({n: {'n': r.n, 'scores': r.scores, 'stderr': r.stderr, **r.errors} for n, r in results.items()})
-        write_json_atomic(run_dir / 'summary.json', summary)
+        write_json_atomic(run.summary, summary)
     return results

@@ -120,7 +120,7 @@ def launch_slurm(config, slurm:SlurmConfig, run_dir=None, train_overrides:dict|N
     unknown = set(d) - {'model', 'data', 'train'}
     if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)} in {config}; use model, data, train")
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
-    train = TrainConfig.from_dict({**d.get('train', {}), **overrides, **({'run_dir': str(run_dir)} if run_dir else {})}, prefix='train')
+    train = TrainConfig.from_dict(d.get('train', {}), prefix='train', **overrides, **({'run_dir': str(run_dir)} if run_dir else {}))
     run_dir = Path(train.run_dir)
     check_run_folder(run_dir, train.replace(resume='auto'))   # the job always continues what the folder holds
     flags = {'max_steps': '--max-steps', 'max_minutes': '--max-minutes'}

@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 
 from accelerate.utils import DistributedType
 
-from .core import (CheckpointError, Config, ConfigError, LlmlabError, RunFolderError, git_revision, init_run_dir,
+from fastcore.basics import patch
+
+from .core import (CheckpointError, Config, ConfigError, LlmlabError, RunFolder, RunFolderError, _did_you_mean, git_revision,
                          load_config_file, seed_everything, write_json_atomic)
 from .checkpoints import load_pretrained, load_tokenizer
 from .data import ResumableSampler, TokenShards, build_shards, demo_corpus, demo_shards, load_corpus, split_documents, train_tokenizer
@@ -25,18 +27,72 @@ from .memory import checkpoint_every, checkpoint_model, model_flops_per_token
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 
 # %% auto #0
-__all__ = ['TRACKERS', 'HEARTBEAT_SECONDS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS', 'TrainConfig', 'lr_multiplier', 'TrainerState',
-           'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers', 'Heartbeat', 'read_heartbeats',
-           'check_run_folder', 'NonFiniteLossError', 'flops_per_token', 'prepare_model', 'Trainer', 'read_metrics',
-           'plot_metrics', 'DataConfig', 'ConfiguredRun', 'build_from_config', 'fit_configured', 'train_from_config',
-           'add_lora']
+__all__ = ['TRACKERS', 'TRAIN_SECTIONS', 'PARALLELISMS', 'HEARTBEAT_SECONDS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS', 'TrainConfig',
+           'lr_multiplier', 'DataParallel', 'FullyShardedParallel', 'DeepSpeedParallel', 'TrainerState',
+           'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers', 'flops_per_token', 'MetricsLogger',
+           'Heartbeat', 'read_heartbeats', 'check_run_folder', 'build_optimizer', 'prepare_model', 'NonFiniteLossError',
+           'Trainer', 'read_metrics', 'plot_metrics', 'DataConfig', 'ConfiguredRun', 'build_from_config',
+           'fit_configured', 'train_from_config', 'add_lora']
 
-# %% ../nbs/08_train.ipynb #48494a34
+# %% ../nbs/08_train.ipynb #4717ab8b
 TRACKERS = {'tensorboard': 'tensorboard', 'mlflow': 'mlflow', 'wandb': 'wandb'}   # Accelerate's tracker name -> the package it needs
 
+TRAIN_SECTIONS = {   # a config file's sections under `train`, and the TrainConfig fields each holds ('name': the field named like the section)
+    'optimizer': ('name', 'lr', 'muon_lr', 'muon_momentum', 'weight_decay', 'betas', 'eps', 'grad_clip'),
+    'schedule': ('name', 'warmup_steps', 'min_lr_ratio', 'decay_fraction'),
+    'parallelism': ('name', 'tp_size', 'zero_stage'),
+    'checkpointing': ('save_every', 'keep_last', 'resume', 'checkpoint_on_signal'),
+    'evaluation': ('eval_every', 'eval_batches'),
+    'logging': ('log_every', 'trackers', 'peak_tflops', 'progress'),
+}
+
+def _section_of(field:str) -> str|None:
+    return next((s for s, keys in TRAIN_SECTIONS.items() if field in keys and field != 'name' or field == s), None)
+
+def _flatten_train_sections(d:dict, prefix:str) -> dict:
+    "A `train` mapping written in sections (`optimizer: {name: muon, lr: 3e-3}`) as TrainConfig's fields; flat keys pass as they are."
+    flat, where = {}, {}
+    for key, value in d.items():
+        if key in TRAIN_SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                if k not in TRAIN_SECTIONS[key]:
+                    home = _section_of(k)
+                    hint = (f"it belongs in {prefix}.{home}" if home else f"it goes directly under {prefix}" if k in TrainConfig.__dataclass_fields__
+                            else _did_you_mean(k, TRAIN_SECTIONS[key]).strip().lower() or "it is not a training setting")
+                    raise ConfigError(f"{prefix}.{key}.{k} is not a setting of the {key} section: {hint} "
+                                      f"({key} holds {', '.join(TRAIN_SECTIONS[key])})")
+                flat.setdefault(key if k == 'name' else k, []).append(f"{prefix}.{key}.{k}")
+                where[key if k == 'name' else k] = v
+        else:
+            flat.setdefault(key, []).append(f"{prefix}.{key}"); where[key] = value
+    twice = next((places for places in flat.values() if len(places) > 1), None)
+    if twice: raise ConfigError(f"{' and '.join(twice)} set the same field; keep one")
+    return where
+
+def _check_train_config(c):
+    "TrainConfig's cross-field checks (its `validate`)."
+    for k in ('max_steps', 'batch_size', 'eval_every', 'save_every', 'log_every', 'keep_last', 'max_bad_steps'):
+        if getattr(c, k) <= 0: raise ConfigError(f"{c._where(k)}={getattr(c, k)} must be positive")
+    if c.warmup_steps < 0: raise ConfigError(f"{c._where('warmup_steps')}={c.warmup_steps} must be >= 0")
+    if not 0 < c.decay_fraction <= 1: raise ConfigError(f"{c._where('decay_fraction')}={c.decay_fraction} must be in (0, 1]")
+    for k in c.trackers:
+        if k not in TRACKERS: raise ConfigError(f"{c._where('trackers')} has {k!r}; choose from {', '.join(TRACKERS)} ([] for none)")
+    if c.kernels:
+        from llmlab.kernels import KERNELS   # the kernels' own list (imported only when kernels are asked for: it loads Triton)
+        for k in c.kernels:
+            if k not in KERNELS: raise ConfigError(f"{c._where('kernels')} has {k!r}; choose from {', '.join(KERNELS)}")
+    if c.activation_checkpointing: checkpoint_every(c.checkpoint_policy)   # an unknown policy fails here, not at step 0
+    if c.tp_size < 1: raise ConfigError(f"{c._where('tp_size')}={c.tp_size} must be positive")
+    if c.optimizer == 'muon' and c.parallelism == 'deepspeed':
+        raise ConfigError("optimizer='muon' runs with parallelism='ddp' or 'fsdp'; DeepSpeed steps its own optimizers")
+    if c.tp_size > 1 and c.parallelism != 'fsdp':
+        raise ConfigError(f"{c._where('tp_size')}={c.tp_size} needs parallelism='fsdp' (tensor parallel inside FSDP; "
+                          f"with tp_size equal to the number of processes it is tensor parallel alone), not {c.parallelism!r}")
+
+# %% ../nbs/08_train.ipynb #48494a34
 @dataclass
 class TrainConfig(Config):
-    "How to train: steps, batch, optimizer, schedule, precision, evaluation, checkpoints."
+    "How to train: steps, batch, optimizer, schedule, precision, evaluation, checkpoints (sections: `TRAIN_SECTIONS`)."
     run_dir: str = 'runs/train'
     max_steps: int = 1000
     batch_size: int = 32                     # sequences per optimizer step, all processes together
@@ -75,24 +131,19 @@ class TrainConfig(Config):
     kernels: list[str] = field(default_factory=list)   # Triton kernels by name: attention, rmsnorm, rope, swiglu, linear_cross_entropy
     progress: bool = True
 
-    def validate(self):
-        for k in ('max_steps', 'batch_size', 'eval_every', 'save_every', 'log_every', 'keep_last', 'max_bad_steps'):
-            if getattr(self, k) <= 0: raise ConfigError(f"{self._where(k)}={getattr(self, k)} must be positive")
-        if self.warmup_steps < 0: raise ConfigError(f"{self._where('warmup_steps')}={self.warmup_steps} must be >= 0")
-        if not 0 < self.decay_fraction <= 1: raise ConfigError(f"{self._where('decay_fraction')}={self.decay_fraction} must be in (0, 1]")
-        for k in self.trackers:
-            if k not in TRACKERS: raise ConfigError(f"{self._where('trackers')} has {k!r}; choose from {', '.join(TRACKERS)} ([] for none)")
-        if self.kernels:
-            from llmlab.kernels import KERNELS   # the kernels' own list (imported only when kernels are asked for: it loads Triton)
-            for k in self.kernels:
-                if k not in KERNELS: raise ConfigError(f"{self._where('kernels')} has {k!r}; choose from {', '.join(KERNELS)}")
-        if self.activation_checkpointing: checkpoint_every(self.checkpoint_policy)   # an unknown policy fails here, not at step 0
-        if self.tp_size < 1: raise ConfigError(f"{self._where('tp_size')}={self.tp_size} must be positive")
-        if self.optimizer == 'muon' and self.parallelism == 'deepspeed':
-            raise ConfigError("optimizer='muon' runs with parallelism='ddp' or 'fsdp'; DeepSpeed steps its own optimizers")
-        if self.tp_size > 1 and self.parallelism != 'fsdp':
-            raise ConfigError(f"{self._where('tp_size')}={self.tp_size} needs parallelism='fsdp' (tensor parallel inside FSDP; "
-                              f"with tp_size equal to the number of processes it is tensor parallel alone), not {self.parallelism!r}")
+    def validate(self): _check_train_config(self)
+
+    @classmethod
+    def from_dict(cls, d:dict, prefix:str='', **overrides):
+        "From a `train` mapping in sections or flat (the older form), with `overrides` (flat fields) on top."
+        if not isinstance(d, dict): return super().from_dict(d, prefix)   # which explains what a config must be
+        return super().from_dict({**_flatten_train_sections(d, prefix or 'train'), **overrides}, prefix)
+
+    def sections(self) -> dict:
+        "The config as a file writes it: the fields of `TRAIN_SECTIONS` in their sections, the rest at the top."
+        d, out = self.to_dict(), {}
+        for s, keys in TRAIN_SECTIONS.items(): out[s] = {k: d.pop(s if k == 'name' else k) for k in keys}
+        return {**d, **out}
 
     def accumulation_steps(self, world_size:int) -> int:
         micro = self.micro_batch_size or max(1, self.batch_size // world_size)
@@ -115,6 +166,142 @@ def lr_multiplier(step:int, c:TrainConfig) -> float:
     if c.schedule == 'linear': return 1.0 - (1.0 - c.min_lr_ratio) * t
     return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
+# %% ../nbs/08_train.ipynb #6617aa85
+def _accelerator_args(c:TrainConfig) -> dict:
+    from accelerate.utils import ProjectConfiguration
+    project = ProjectConfiguration(project_dir=c.run_dir, logging_dir=str(Path(c.run_dir) / 'tensorboard'))
+    return dict(mixed_precision=c.mixed_precision, log_with=list(c.trackers) or None, project_config=project)
+
+class DataParallel:
+    "`parallelism='ddp'`: every process holds the whole model, Accelerate's DDP averages the gradients (one process: plain training)."
+    sharded = False   # whether checkpoints go through DCP
+    def __init__(self, config:TrainConfig): self.config = config
+
+    def accelerator(self):
+        from accelerate import Accelerator
+        return Accelerator(cpu=not torch.cuda.is_available(), **_accelerator_args(self.config))
+
+    def setup(self, acc):
+        "Check the config against the processes `acc` runs; the device mesh the model is sharded over (None: not sharded)."
+        if self.config.tp_size > 1:
+            raise ConfigError(f"tp_size={self.config.tp_size} needs a multiple of {self.config.tp_size} processes; this run has {acc.num_processes}")
+        return None
+
+    def wrap(self, acc, model, optimizer, micro:int, accum:int): return acc.prepare(model, optimizer)
+
+    def sync(self, acc, model, sync:bool):
+        "Gradients are reduced across processes only on the last micro-batch of a step."
+        return contextlib.nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(model)
+
+    def backward(self, acc, model, loss, accum:int): acc.backward(loss / accum)
+
+    def clip(self, acc, model, max_norm:float|None):
+        "Clip the gradients to `max_norm` (None: measure only); their norm before clipping."
+        return acc.clip_grad_norm_(model.parameters(), max_norm if max_norm else float('inf'))
+
+    def step(self, optimizer, finite:bool):
+        "The optimizer step, skipped when the loss or gradient was not finite."
+        if finite: optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def save(self, acc, folder:Path, model, optimizer, extras:dict): acc.save_state(str(folder))
+
+    def load(self, acc, folder:Path, model, optimizer, extras:dict):
+        if (folder / 'dcp').is_dir(): _load_dcp(acc, folder, model, optimizer, extras)   # written by FSDP: loads into any sharding
+        else: acc.load_state(str(folder))
+
+    def full_state_dict(self, acc, model) -> dict:
+        return {k: v.detach().cpu() for k, v in acc.unwrap_model(model).state_dict().items()}
+
+# %% ../nbs/08_train.ipynb #5420bffd
+class FullyShardedParallel(DataParallel):
+    """`parallelism='fsdp'`: FSDP2 (and tensor parallelism when `tp_size > 1`) over a `(dp, tp)` mesh, applied by `prepare_model`
+    from outside; checkpoints through DCP, so a run saved on N processes resumes on M."""
+    sharded = True
+    def setup(self, acc):
+        if acc.num_processes > 1: return parallel_mesh(acc.num_processes, self.config.tp_size, acc.device.type)
+        return super().setup(acc)
+
+    def wrap(self, acc, model, optimizer, micro:int, accum:int):   # already sharded; Accelerate must not wrap it in DDP too
+        return model.to(acc.device), acc.prepare(optimizer)
+
+    def sync(self, acc, model, sync:bool):
+        from torch.distributed.fsdp import FSDPModule
+        if isinstance(model, FSDPModule): model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def clip(self, acc, model, max_norm:float|None): return clip_grad_norm(model.parameters(), max_norm)
+
+    def save(self, acc, folder:Path, model, optimizer, extras:dict): _save_dcp(acc, folder, model, optimizer, extras)
+
+    def load(self, acc, folder:Path, model, optimizer, extras:dict):
+        if not (folder / 'dcp').is_dir():
+            raise CheckpointError(f"{folder} was not written with parallelism='fsdp' (no dcp/ folder): resume it with the parallelism it was saved with")
+        _load_dcp(acc, folder, model, optimizer, extras)
+
+    def full_state_dict(self, acc, model) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+# DCP writes each rank's shards and can load them into any other sharding; the extras and each rank's RNG go beside
+def _save_dcp(acc, folder:Path, model, optimizer, extras:dict):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({'model': model_sd, 'optim': optim_sd}, checkpoint_id=str(folder / 'dcp'))
+    if acc.is_main_process: torch.save({k: v.state_dict() for k, v in extras.items()}, folder / 'trainer_state.pt')
+    rng = {'cpu': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+    torch.save(rng, folder / f'rng_state_{acc.process_index}.pt')
+
+def _load_dcp(acc, folder:Path, model, optimizer, extras:dict):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {'model': model_sd, 'optim': optim_sd}
+    dcp.load(state, checkpoint_id=str(folder / 'dcp'))
+    set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optim'])
+    saved = torch.load(folder / 'trainer_state.pt', weights_only=True)
+    for k, v in extras.items(): v.load_state_dict(saved[k])
+    rng_file = folder / f'rng_state_{acc.process_index}.pt'
+    if rng_file.exists():   # absent when resuming on more processes than saved
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng['cpu'])
+        if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state(rng['cuda'])
+
+# %% ../nbs/08_train.ipynb #c70f54bd
+class DeepSpeedParallel(DataParallel):
+    "`parallelism='deepspeed'`: DeepSpeed's ZeRO stage `zero_stage` through Accelerate's plugin; its engine accumulates, clips and steps."
+    def accelerator(self):
+        from accelerate import Accelerator, DeepSpeedPlugin
+        from accelerate.utils import InitProcessGroupKwargs
+        c = self.config
+        plugin = DeepSpeedPlugin(zero_stage=c.zero_stage, gradient_clipping=c.grad_clip or 0.0,
+                                 zero3_save_16bit_model=True)   # whole weights can be gathered (in the training dtype)
+        # on a machine without GPUs Accelerate must be told gloo, or it starts DeepSpeed but believes it is alone
+        handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend='gloo')]
+        return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, **_accelerator_args(c))
+
+    def setup(self, acc):
+        if acc.distributed_type != DistributedType.DEEPSPEED:
+            raise ConfigError("parallelism='deepspeed' did not start DeepSpeed: launch with `accelerate launch` or `torchrun` "
+                              "(DeepSpeed needs a launcher even for one process) and install deepspeed")
+        return super().setup(acc)
+
+    def wrap(self, acc, model, optimizer, micro:int, accum:int):
+        acc.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum, train_batch_size=self.config.batch_size)
+        return acc.prepare(model, optimizer)
+
+    def sync(self, acc, model, sync:bool): return contextlib.nullcontext()   # the engine knows its accumulation steps
+    def backward(self, acc, model, loss, accum:int): model.backward(loss); model.step()   # scales, accumulates, clips, steps
+    def clip(self, acc, model, max_norm:float|None): return model.get_global_grad_norm()
+    def step(self, optimizer, finite:bool): pass   # taken in `backward`: a non-finite step is logged, not skipped
+
+    def full_state_dict(self, acc, model) -> dict:
+        return {k: v.cpu() for k, v in (acc.get_state_dict(model) or {}).items()}
+
+PARALLELISMS = {'ddp': DataParallel, 'fsdp': FullyShardedParallel, 'deepspeed': DeepSpeedParallel}
+
 # %% ../nbs/08_train.ipynb #d041b82c
 class TrainerState:
     "What Accelerate must save besides model and optimizer: counters, the sampler, the best validation loss."
@@ -129,20 +316,18 @@ class TrainerState:
 
 def latest_checkpoint(run_dir) -> Path|None:
     "The checkpoint `latest.json` points at, if it exists."
-    p = Path(run_dir) / 'checkpoints' / 'latest.json'
-    if not p.exists(): return None
-    ckpt = Path(run_dir) / 'checkpoints' / json.loads(p.read_text())['name']
-    return ckpt if ckpt.exists() else None
+    latest = RunFolder(run_dir).latest_checkpoint()
+    return latest['path'] if latest else None
 
 class Checkpointer:
-    """The checkpoints of one run folder, on every rank: `save` writes `checkpoints/step-N` atomically and moves
-    `latest.json` to it, keeping the last `keep_last` and the best; `load` restores one. `sharded` (FSDP2, TP) saves model
-    and optimizer through DCP, with `extras` (objects with `state_dict`, such as the trainer state and the schedule) beside
-    them; otherwise Accelerate's `save_state` holds everything registered with the accelerator."""
-    def __init__(self, run_dir, accelerator, keep_last:int=2, sharded:bool=False):
-        self.dir, self.acc, self.keep_last, self.sharded = Path(run_dir) / 'checkpoints', accelerator, keep_last, sharded
+    """The checkpoints of one run folder, on every rank: `save` writes `checkpoints/step-N` atomically and moves `latest.json`
+    to it, keeping the last `keep_last` and the best; `load` restores one. The `parallelism` strategy writes and reads what
+    is inside (model, optimizer, and `extras`: objects with `state_dict`, such as the trainer state and the schedule)."""
+    def __init__(self, run_dir, accelerator, keep_last:int=2, parallelism:DataParallel|None=None):
+        self.run, self.acc, self.keep_last = RunFolder(run_dir), accelerator, keep_last
+        self.dir, self.parallelism = self.run.checkpoints, parallelism or DataParallel(TrainConfig())
 
-    def latest(self) -> Path|None: return latest_checkpoint(self.dir.parent)
+    def latest(self) -> Path|None: return latest_checkpoint(self.run.path)
 
     def save(self, step:int, best_step:int|None=None, model=None, optimizer=None, extras:dict|None=None) -> Path:
         acc, name = self.acc, f'step-{step:08d}'
@@ -151,13 +336,12 @@ class Checkpointer:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
-        if self.sharded: self._save_sharded(tmp, model, optimizer, extras or {})
-        else: acc.save_state(str(tmp))
+        self.parallelism.save(acc, tmp, model, optimizer, extras or {})
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(self.dir / name, ignore_errors=True)
             os.replace(tmp, self.dir / name)
-            write_json_atomic(self.dir / 'latest.json', {'name': name, 'step': step})
+            write_json_atomic(self.run.latest_json, {'name': name, 'step': step})
             keep = {name} | ({f'step-{best_step:08d}'} if best_step is not None else set())
             old = sorted(p for p in self.dir.glob('step-*') if p.name not in keep)
             for p in old[:max(0, len(old) - (self.keep_last - 1))]: shutil.rmtree(p, ignore_errors=True)
@@ -165,36 +349,7 @@ class Checkpointer:
         return self.dir / name
 
     def load(self, path, model=None, optimizer=None, extras:dict|None=None):
-        path = Path(path)
-        if (path / 'dcp').is_dir(): self._load_sharded(path, model, optimizer, extras or {})
-        elif self.sharded:
-            raise CheckpointError(f"{path} was not written with parallelism='fsdp' (no dcp/ folder): resume it with the parallelism it was saved with")
-        else: self.acc.load_state(str(path))
-
-    # DCP writes each rank's shards and can load them into any other sharding; the extras and each rank's RNG go beside
-    def _save_sharded(self, folder:Path, model, optimizer, extras:dict):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({'model': model_sd, 'optim': optim_sd}, checkpoint_id=str(folder / 'dcp'))
-        if self.acc.is_main_process: torch.save({k: v.state_dict() for k, v in extras.items()}, folder / 'trainer_state.pt')
-        rng = {'cpu': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
-        torch.save(rng, folder / f'rng_state_{self.acc.process_index}.pt')
-
-    def _load_sharded(self, folder:Path, model, optimizer, extras:dict):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {'model': model_sd, 'optim': optim_sd}
-        dcp.load(state, checkpoint_id=str(folder / 'dcp'))
-        set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optim'])
-        saved = torch.load(folder / 'trainer_state.pt', weights_only=True)
-        for k, v in extras.items(): v.load_state_dict(saved[k])
-        rng_file = folder / f'rng_state_{self.acc.process_index}.pt'
-        if rng_file.exists():   # absent when resuming on more processes than saved
-            rng = torch.load(rng_file, weights_only=True)
-            torch.set_rng_state(rng['cpu'])
-            if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state(rng['cuda'])
+        self.parallelism.load(self.acc, Path(path), model, optimizer, extras or {})
 
 # %% ../nbs/08_train.ipynb #bd2cb7b1
 class TrackerError(LlmlabError):
@@ -234,6 +389,48 @@ def start_trackers(acc, c:TrainConfig, run_dir:Path):
         if 'mlflow' in c.trackers: ids['mlflow'] = acc.get_tracker('mlflow', unwrap=True).info.run_id
         if 'wandb' in c.trackers: ids['wandb'] = acc.get_tracker('wandb', unwrap=True).id
         write_json_atomic(ids_file, ids)
+
+# %% ../nbs/08_train.ipynb #118594a5
+def _peak_memory_mb(device) -> float:
+    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KB
+
+def flops_per_token(model, seq_len:int) -> float:
+    "Training FLOPs per token of `model` as it is (its own parameters counted), by `llmlab.memory.model_flops_per_token`."
+    cfg = getattr(model, 'config', None)
+    n = sum(p.numel() for p in model.parameters())
+    return model_flops_per_token(cfg, seq_len, n_params=n) if cfg is not None else 6.0 * n
+
+class MetricsLogger:
+    "A run's records: `metrics.jsonl` (main process) and the trackers; `throughput` measures the steps between two calls."
+    def __init__(self, run_dir, accelerator, config:TrainConfig, flops_per_token:float):
+        self.run, self.acc, self.config, self.flops_per_token = RunFolder(run_dir), accelerator, config, flops_per_token
+        self.restart_clock(0)
+
+    def start(self): start_trackers(self.acc, self.config, self.run.path)
+
+    def resumed_at(self, step:int):
+        "Drop the records logged after `step`, the checkpoint the run continues from."
+        if self.acc.is_main_process: self.run.truncate_metrics(step)
+
+    def restart_clock(self, tokens:int): self.t0, self.tokens0 = time.perf_counter(), tokens
+
+    def throughput(self, tokens:int) -> dict:
+        "Tokens/s since the last call (all processes), peak memory, model TFLOP/s and MFU; restarts the clock."
+        dt = time.perf_counter() - self.t0
+        tps = (tokens - self.tokens0) / dt if dt else None
+        out = {'tokens_per_second': tps, 'peak_memory_mb': _peak_memory_mb(self.acc.device),
+               'model_tflops': tps * self.flops_per_token / 1e12 if tps else None}
+        if self.config.peak_tflops and tps: out['mfu'] = out['model_tflops'] / (self.config.peak_tflops * self.acc.num_processes)
+        self.restart_clock(tokens)
+        return out
+
+    def log(self, record:dict):
+        if self.acc.is_main_process: self.run.append_metrics(record)
+        if self.acc.trackers: self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record['step'])
+
+    def end(self):
+        if self.acc.log_with: self.acc.end_training()
 
 # %% ../nbs/08_train.ipynb #8be739da
 HEARTBEAT_SECONDS = 1.0
@@ -286,71 +483,21 @@ RESUMABLE_KEYS = ('run_dir', 'resume', 'max_steps', 'max_minutes', 'progress', '
 
 def check_run_folder(run_dir, config:TrainConfig):
     "Raise `RunFolderError` if `run_dir` holds another run, or a run that `config` would start over instead of resuming."
-    run_dir = Path(run_dir)
-    if not (run_dir / 'run.json').exists(): return
-    try: theirs = json.loads((run_dir / 'run.json').read_text()).get('config', {})
-    except json.JSONDecodeError: raise RunFolderError(f"{run_dir / 'run.json'} is not JSON: not a run folder llmlab can continue; use a new run_dir") from None
+    run = RunFolder(run_dir)
+    if not run.run_json.exists(): return
+    run_dir, theirs = run.path, run.info().get('config', {})
     ours = config.to_dict()
     differ = [k for k in sorted(set(ours) | set(theirs)) if k not in RESUMABLE_KEYS and json.dumps(ours.get(k)) != json.dumps(theirs.get(k))]
     if differ:
         shown = ', '.join(f"{k}: {ours.get(k)!r} here, {theirs.get(k)!r} there" for k in differ[:4])
         raise RunFolderError(f"{run_dir} holds another run ({shown}): choose a new run_dir, or delete that folder to start over; nothing was written")
-    steps = (run_dir / 'metrics.jsonl').exists() and (run_dir / 'metrics.jsonl').stat().st_size > 0
-    if config.resume is None and (steps or (run_dir / 'checkpoints' / 'latest.json').exists()):
+    steps = run.metrics.exists() and run.metrics.stat().st_size > 0
+    if config.resume is None and (steps or run.latest_json.exists()):
         raise RunFolderError(f"{run_dir} already holds this run's steps: resume='auto' (`llmlab train --resume auto`) continues it; "
                              "a new run needs a new run_dir; nothing was written")
 
-# %% ../nbs/08_train.ipynb #f17db724
-class NonFiniteLossError(LlmlabError):
-    "Too many consecutive steps had a non-finite loss or gradient."
-
-def _peak_memory_mb(device) -> float:
-    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KB
-
-def flops_per_token(model, seq_len:int) -> float:
-    "Training FLOPs per token of `model` as it is (its own parameters counted), by `llmlab.memory.model_flops_per_token`."
-    cfg = getattr(model, 'config', None)
-    n = sum(p.numel() for p in model.parameters())
-    return model_flops_per_token(cfg, seq_len, n_params=n) if cfg is not None else 6.0 * n
-
-def _make_accelerator(c:TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    project = ProjectConfiguration(project_dir=c.run_dir, logging_dir=str(Path(c.run_dir) / 'tensorboard'))
-    common = dict(mixed_precision=c.mixed_precision, log_with=list(c.trackers) or None, project_config=project)
-    if c.parallelism != 'deepspeed': return Accelerator(cpu=not torch.cuda.is_available(), **common)
-    from accelerate import DeepSpeedPlugin
-    from accelerate.utils import InitProcessGroupKwargs
-    plugin = DeepSpeedPlugin(zero_stage=c.zero_stage, gradient_clipping=c.grad_clip or 0.0,
-                             zero3_save_16bit_model=True)   # whole weights can be gathered (in the training dtype)
-    # on a machine without GPUs Accelerate must be told gloo, or it starts DeepSpeed but believes it is alone
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend='gloo')]
-    return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, **common)
-
-def _progress_bar(c:TrainConfig, step:int, disable:bool):
-    "Steps against `max_steps`; under a time budget (`max_minutes`), seconds against the budget, with the step beside it."
-    if c.max_minutes is None: return tqdm(total=c.max_steps, initial=step, desc='training', disable=disable)
-    return tqdm(total=round(60 * c.max_minutes), desc='training', unit='s', disable=disable,
-                bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}')
-
-def _drop_tied_duplicates(models, weights, output_dir):
-    """Accelerate's save-state hook: a tied output layer is the embedding under a second name. safetensors stores a tensor
-    once, so keep its first name (Accelerate would drop the same one, with a warning); loading ties it again."""
-    for state in weights:
-        seen = set()
-        for name, t in list(state.items()):
-            if not isinstance(t, torch.Tensor) or t.device.type == 'meta': continue
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-            if key in seen: del state[name]
-            else: seen.add(key)
-
-def _close_at_exit(trainer_ref):
-    "At the end of a script: close the run, unless the script is ending on an uncaught error (other ranks may never arrive)."
-    trainer = trainer_ref()
-    if trainer is not None and getattr(sys, 'last_value', None) is None: trainer.close()
-
-def _optimizer(model, c:TrainConfig) -> torch.optim.Optimizer:
+# %% ../nbs/08_train.ipynb #298b528e
+def build_optimizer(model, c:TrainConfig) -> torch.optim.Optimizer:
     "AdamW with weight decay on matrices only, or Muon for the blocks' matrices with that AdamW for the rest (`llmlab.optim`)."
     if c.optimizer == 'muon':
         from llmlab.optim import MuonAdamW, muon_param_groups
@@ -379,53 +526,75 @@ def _loss(model, batch) -> torch.Tensor:
     logits = out if isinstance(out, torch.Tensor) else out.logits
     return F.cross_entropy(logits.flatten(0, 1).float(), batch['labels'].flatten(), ignore_index=-100)
 
+def _loss_for(c:TrainConfig, acc, loss_fn:Callable) -> Callable:
+    "`loss_fn`, or the fused chunked loss when `kernels` names `linear_cross_entropy` (a loss, not a layer)."
+    if 'linear_cross_entropy' not in c.kernels: return loss_fn
+    from llmlab.kernels import fused_causal_lm_loss
+    if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
+    return fused_causal_lm_loss if loss_fn is _loss else loss_fn
+
+# %% ../nbs/08_train.ipynb #f17db724
+class NonFiniteLossError(LlmlabError):
+    "Too many consecutive steps had a non-finite loss or gradient."
+
+def _progress_bar(c:TrainConfig, step:int, disable:bool):
+    "Steps against `max_steps`; under a time budget (`max_minutes`), seconds against the budget, with the step beside it."
+    if c.max_minutes is None: return tqdm(total=c.max_steps, initial=step, desc='training', disable=disable)
+    return tqdm(total=round(60 * c.max_minutes), desc='training', unit='s', disable=disable,
+                bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}')
+
+def _drop_tied_duplicates(models, weights, output_dir):
+    """Accelerate's save-state hook: a tied output layer is the embedding under a second name. safetensors stores a tensor
+    once, so keep its first name (Accelerate would drop the same one, with a warning); loading ties it again."""
+    for state in weights:
+        seen = set()
+        for name, t in list(state.items()):
+            if not isinstance(t, torch.Tensor) or t.device.type == 'meta': continue
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+            if key in seen: del state[name]
+            else: seen.add(key)
+
+def _close_at_exit(trainer_ref):
+    "At the end of a script: close the run, unless the script is ending on an uncaught error (other ranks may never arrive)."
+    trainer = trainer_ref()
+    if trainer is not None and getattr(sys, 'last_value', None) is None: trainer.close()
 
 # %% ../nbs/08_train.ipynb #9cc3b9da
 class Trainer:
     def __init__(self, model, config:TrainConfig, train_data, val_data=None, callbacks:Sequence=(), accelerator=None,
                  loss_fn:Callable=_loss):
         c = config
-        self.config, self.train_data, self.val_data, self.callbacks, self.loss_fn = c, train_data, val_data, list(callbacks), loss_fn
+        self.config, self.train_data, self.val_data, self.callbacks = c, train_data, val_data, list(callbacks)
         if c.mixed_precision == 'fp16' and not torch.cuda.is_available():
             raise ConfigError("mixed_precision='fp16' needs a GPU (Accelerate ignores it on the CPU); use 'bf16' or 'no'")
-        acc = self.accelerator = accelerator or _make_accelerator(c)
-        self.mesh = None
-        if c.parallelism == 'deepspeed' and acc.distributed_type != DistributedType.DEEPSPEED:
-            raise ConfigError("parallelism='deepspeed' did not start DeepSpeed: launch with `accelerate launch` or `torchrun` "
-                              "(DeepSpeed needs a launcher even for one process) and install deepspeed")
-        if c.parallelism == 'fsdp' and acc.num_processes > 1:
-            self.mesh = parallel_mesh(acc.num_processes, c.tp_size, acc.device.type)
-        elif c.tp_size > 1:
-            raise ConfigError(f"tp_size={c.tp_size} needs a multiple of {c.tp_size} processes; this run has {acc.num_processes}")
+        self.parallelism = PARALLELISMS[c.parallelism](c)
+        acc = self.accelerator = accelerator or self.parallelism.accelerator()
+        self.mesh = self.parallelism.setup(acc)
         self.dp_rank, self.dp_size = data_parallel_rank(self.mesh) if self.mesh is not None else (acc.process_index, acc.num_processes)
         self.accum = c.accumulation_steps(self.dp_size)
         self.micro = c.batch_size // (self.accum * self.dp_size)
-        self.run_dir = Path(c.run_dir)
+        self.run = RunFolder(c.run_dir)
+        self.run_dir = self.run.path
         seed_everything(c.seed)
-        if 'linear_cross_entropy' in c.kernels:   # a loss, not a layer: the Trainer swaps its loss function
-            from llmlab.kernels import fused_causal_lm_loss
-            if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
-            if loss_fn is _loss: self.loss_fn = fused_causal_lm_loss
-        self.flops_per_token = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])   # before sharding
+        self.loss_fn = _loss_for(c, acc, loss_fn)
+        fpt = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])   # before sharding
         prepare_model(model, c, self.mesh, acc.device)
-        opt = _optimizer(model, c)
+        opt = build_optimizer(model, c)
         # the schedule counts optimizer steps; Accelerate's prepared scheduler would step once per process
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, c))
-        if self.deepspeed:
-            acc.state.deepspeed_plugin.deepspeed_config.update(
-                train_micro_batch_size_per_gpu=self.micro, gradient_accumulation_steps=self.accum, train_batch_size=c.batch_size)
-        if c.parallelism == 'fsdp':   # FSDP2 and TP are applied above; Accelerate must not wrap the model in DDP too
-            self.model, self.optimizer = model.to(acc.device), acc.prepare(opt)
-        else:
-            self.model, self.optimizer = acc.prepare(model, opt)
+        self.model, self.optimizer = self.parallelism.wrap(acc, model, opt, self.micro, self.accum)
         acc.register_for_checkpointing(self.scheduler)
         acc.register_save_state_pre_hook(_drop_tied_duplicates)
         self.sampler = ResumableSampler(len(train_data), seed=c.seed, rank=self.dp_rank, world_size=self.dp_size)
         self.state = TrainerState(self.sampler)
         acc.register_for_checkpointing(self.state)
-        self.checkpoints = Checkpointer(self.run_dir, acc, c.keep_last, sharded=c.parallelism == 'fsdp')
+        self.checkpoints = Checkpointer(self.run, acc, c.keep_last, self.parallelism)
+        self.metrics = MetricsLogger(self.run, acc, c, fpt)
         self.should_stop, self.bad_steps, self.signalled, self.preempted = False, 0, None, False
         if self.deepspeed and torch.distributed.is_initialized(): atexit.register(_close_at_exit, weakref.ref(self))
+
+    @property
+    def deepspeed(self) -> bool: return self.config.parallelism == 'deepspeed'
 
     def close(self):
         """End the run's distributed work: wait for every rank, release the model and optimizer (and DeepSpeed's engine),
@@ -437,187 +606,163 @@ class Trainer:
         self.accelerator.free_memory(); self.model = self.optimizer = None; gc.collect()
         torch.distributed.destroy_process_group()
 
-    @property
-    def deepspeed(self) -> bool: return self.config.parallelism == 'deepspeed'
-
     def full_state_dict(self) -> dict:
         "The whole model's weights on the CPU, gathered from every rank (a collective: call it on every rank; rank 0 gets them)."
-        if self.deepspeed: return {k: v.cpu() for k, v in (self.accelerator.get_state_dict(self.model) or {}).items()}
-        if self.config.parallelism == 'fsdp':
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
-
-    # -- data
-    def _batches(self):
-        while True:
-            idx = []
-            for i in self.sampler:
-                idx.append(i)
-                if len(idx) == self.micro:
-                    yield {k: torch.stack([self.train_data[j][k] for j in idx]).to(self.accelerator.device) for k in ('input_ids', 'labels')}
-                    idx = []
-
-    # -- checkpoints (the Checkpointer above does the work)
-    def _checkpoint_args(self) -> dict:
-        return dict(model=self.model, optimizer=self.optimizer.optimizer, extras={'trainer': self.state, 'scheduler': self.scheduler})
+        return self.parallelism.full_state_dict(self.accelerator, self.model)
 
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.state.step, self.state.best_step, **self._checkpoint_args())
 
     def load_checkpoint(self, path): self.checkpoints.load(path, **self._checkpoint_args())
 
-    # -- evaluation
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        if self.val_data is None: return {}
-        self.model.eval()
-        acc, losses = self.accelerator, []
-        n = min(len(self.val_data), self.config.eval_batches * self.micro * self.dp_size) // self.dp_size * self.dp_size
-        mine = list(range(self.dp_rank, n, self.dp_size))   # equal shares: sharded models need every rank in every forward
-        for s in range(0, len(mine), self.micro):
-            idx = mine[s:s + self.micro]
-            batch = {k: torch.stack([self.val_data[j][k] for j in idx]).to(acc.device) for k in ('input_ids', 'labels')}
-            with acc.autocast(): losses.append(self.loss_fn(self.model, batch).float() * len(idx))
-        total = acc.reduce(torch.stack(losses).sum().reshape(1), 'sum') if losses else torch.zeros(1)
-        self.model.train()
-        val = float(total) / (acc.num_processes // self.dp_size) / max(1, n)   # tensor-parallel peers counted the same items
-        return {'val_loss': val, 'val_perplexity': math.exp(min(val, 50))}
+    def _checkpoint_args(self) -> dict:
+        return dict(model=self.model, optimizer=self.optimizer.optimizer, extras={'trainer': self.state, 'scheduler': self.scheduler})
 
-    def _log(self, record):
-        if self.accelerator.is_main_process:
-            with open(self.run_dir / 'metrics.jsonl', 'a') as f: f.write(json.dumps(record) + '\n')
-        if self.accelerator.trackers: self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record['step'])
+# %% ../nbs/08_train.ipynb #cd587a1c
+@patch
+def _batches(self:Trainer):
+    "Micro-batches of this rank's share of the sampler's order, forever (the sampler starts a new epoch itself)."
+    while True:
+        idx = []
+        for i in self.sampler:
+            idx.append(i)
+            if len(idx) == self.micro:
+                yield {k: torch.stack([self.train_data[j][k] for j in idx]).to(self.accelerator.device) for k in ('input_ids', 'labels')}
+                idx = []
 
-    def _callback(self, name, *args):
-        for cb in self.callbacks:
-            fn = getattr(cb, name, None)
-            if fn: fn(self, *args)
+@patch
+@torch.no_grad()
+def evaluate(self:Trainer) -> dict:
+    "Validation loss and perplexity over the first `eval_batches` batches of `val_data`, on every rank together."
+    if self.val_data is None: return {}
+    self.model.eval()
+    acc, losses = self.accelerator, []
+    n = min(len(self.val_data), self.config.eval_batches * self.micro * self.dp_size) // self.dp_size * self.dp_size
+    mine = list(range(self.dp_rank, n, self.dp_size))   # equal shares: sharded models need every rank in every forward
+    for s in range(0, len(mine), self.micro):
+        idx = mine[s:s + self.micro]
+        batch = {k: torch.stack([self.val_data[j][k] for j in idx]).to(acc.device) for k in ('input_ids', 'labels')}
+        with acc.autocast(): losses.append(self.loss_fn(self.model, batch).float() * len(idx))
+    total = acc.reduce(torch.stack(losses).sum().reshape(1), 'sum') if losses else torch.zeros(1)
+    self.model.train()
+    val = float(total) / (acc.num_processes // self.dp_size) / max(1, n)   # tensor-parallel peers counted the same items
+    return {'val_loss': val, 'val_perplexity': math.exp(min(val, 50))}
 
-    def _sync_context(self, sync:bool):
-        "Gradients are reduced across processes only on the last micro-batch of a step."
-        if self.config.parallelism == 'fsdp':
-            from torch.distributed.fsdp import FSDPModule
-            if isinstance(self.model, FSDPModule): self.model.set_requires_gradient_sync(sync)
-            return contextlib.nullcontext()
-        if sync or self.accelerator.num_processes == 1 or self.deepspeed: return contextlib.nullcontext()
-        return self.accelerator.no_sync(self.model)
+# %% ../nbs/08_train.ipynb #f2f392ae
+@patch
+def _step(self:Trainer, batches) -> tuple[float, float, bool]:
+    "One optimizer step over `accum` micro-batches: the loss averaged over all ranks, the gradient norm, and whether both were finite."
+    c, acc, st, par = self.config, self.accelerator, self.state, self.parallelism
+    total_loss = torch.zeros((), device=acc.device)
+    for micro in range(self.accum):
+        batch = next(batches)
+        with par.sync(acc, self.model, micro == self.accum - 1), acc.autocast():
+            loss = self.loss_fn(self.model, batch)
+        par.backward(acc, self.model, loss, self.accum)
+        total_loss += loss.detach() / self.accum
+        st.tokens += batch['input_ids'].numel() * self.dp_size
+    grad_norm = par.clip(acc, self.model, c.grad_clip)
+    grad_norm = float('nan') if grad_norm is None else float(grad_norm)
+    signalled = torch.tensor(float(self.signalled is not None), device=acc.device)
+    reduced = acc.reduce(torch.stack([total_loss, signalled]), 'mean')
+    mean_loss = reduced[:1]
+    if reduced[1] > 0 and not self.preempted:
+        self.preempted = self.should_stop = True
+        if acc.is_main_process: print(f"llmlab: {self.signalled or 'another rank was signalled'}: checkpointing at step "
+                                      f"{st.step + 1} and stopping; resume='auto' continues from there", file=sys.stderr, flush=True)
+    finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
+    par.step(self.optimizer, finite)
+    self.bad_steps = 0 if finite else self.bad_steps + 1
+    self.scheduler.step()
+    st.step += 1
+    return float(mean_loss), grad_norm, finite
 
-    # -- the loop
-    def fit(self) -> dict:
-        "Train until `max_steps`, the time budget or `should_stop`; returns the summary (also in `summary.json`)."
-        if self.state.step == 0: check_run_folder(self.run_dir, self.config)   # every rank, before any writes (a second fit() continues)
-        heartbeat = Heartbeat(self.run_dir, self.accelerator.process_index, self.accelerator.num_processes)
-        previous = {}
-        if self.config.checkpoint_on_signal and threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGUSR1): previous[s] = signal.signal(s, self._on_signal)
-        try: summary = self._fit(heartbeat)
-        except BaseException: heartbeat.stop('failed'); raise
-        finally:
-            for s, h in previous.items(): signal.signal(s, h)
-        heartbeat.stop('preempted' if self.preempted else 'finished')
-        return summary
+# %% ../nbs/08_train.ipynb #d7730cdf
+@patch
+def fit(self:Trainer) -> dict:
+    "Train until `max_steps`, the time budget or `should_stop`; returns the summary (also in `summary.json`)."
+    if self.state.step == 0: check_run_folder(self.run_dir, self.config)   # every rank, before any writes (a second fit() continues)
+    heartbeat = Heartbeat(self.run_dir, self.accelerator.process_index, self.accelerator.num_processes)
+    previous = {}
+    if self.config.checkpoint_on_signal and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGUSR1): previous[s] = signal.signal(s, self._on_signal)
+    try: summary = self._fit(heartbeat)
+    except BaseException: heartbeat.stop('failed'); raise
+    finally:
+        for s, h in previous.items(): signal.signal(s, h)
+    heartbeat.stop('preempted' if self.preempted else 'finished')
+    return summary
 
-    def _on_signal(self, signum, frame): self.signalled = signal.Signals(signum).name
+@patch
+def _on_signal(self:Trainer, signum, frame): self.signalled = signal.Signals(signum).name
 
-    def _step(self, batches) -> tuple[float, float, bool]:
-        "One optimizer step over `accum` micro-batches: the loss averaged over all ranks, the gradient norm, and whether both were finite."
-        c, acc, st = self.config, self.accelerator, self.state
-        total_loss = torch.zeros((), device=acc.device)
-        for micro in range(self.accum):
-            batch = next(batches)
-            with self._sync_context(micro == self.accum - 1), acc.autocast():
-                loss = self.loss_fn(self.model, batch)
-            if self.deepspeed: self.model.backward(loss); self.model.step()   # DeepSpeed scales, accumulates, clips, steps
-            else: acc.backward(loss / self.accum)
-            total_loss += loss.detach() / self.accum
-            st.tokens += batch['input_ids'].numel() * self.dp_size
-        if self.deepspeed: grad_norm = self.model.get_global_grad_norm()
-        elif c.parallelism == 'fsdp': grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
-        else: grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip else float('inf'))
-        grad_norm = float('nan') if grad_norm is None else float(grad_norm)
-        # one all-reduce carries the loss and whether any rank was signalled, so all of them stop at the same step
-        signalled = torch.tensor(float(self.signalled is not None), device=acc.device)
-        reduced = acc.reduce(torch.stack([total_loss, signalled]), 'mean')
-        mean_loss = reduced[:1]
-        if reduced[1] > 0 and not self.preempted:
-            self.preempted = self.should_stop = True
-            if acc.is_main_process: print(f"llmlab: {self.signalled or 'another rank was signalled'}: checkpointing at step "
-                                          f"{st.step + 1} and stopping; resume='auto' continues from there", file=sys.stderr, flush=True)
-        finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
-        if finite:
-            if not self.deepspeed: self.optimizer.step()
-            self.bad_steps = 0
-        else:   # under DeepSpeed the step has already been taken: it is logged, not skipped
-            self.bad_steps += 1
-        self.scheduler.step()
-        if not self.deepspeed: self.optimizer.zero_grad(set_to_none=True)
-        st.step += 1
-        return float(mean_loss), grad_norm, finite
+@patch
+def _callback(self:Trainer, name, *args):
+    "Call `name` (on_step_end, on_eval, on_train_end) on every callback that has it."
+    for cb in self.callbacks:
+        fn = getattr(cb, name, None)
+        if fn: fn(self, *args)
 
-    def _fit(self, heartbeat:Heartbeat) -> dict:
-        c, acc, st = self.config, self.accelerator, self.state
-        if acc.is_main_process and not (self.run_dir / 'run.json').exists():
-            init_run_dir(self.run_dir, c, seed=c.seed, kind='train')
-        start_trackers(acc, c, self.run_dir)
-        resume = self.checkpoints.latest() if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
-        if resume is not None:
-            self.load_checkpoint(resume)
-            if acc.is_main_process: print(f"llmlab: resumed from {resume} (step {st.step})", file=sys.stderr, flush=True)
-            if acc.is_main_process and (self.run_dir / 'metrics.jsonl').exists():   # drop lines logged after the checkpoint
-                lines = [l for l in (self.run_dir / 'metrics.jsonl').read_text().splitlines() if l and json.loads(l)['step'] <= st.step]
-                (self.run_dir / 'metrics.jsonl').write_text(''.join(l + '\n' for l in lines))
-        self.model.train()
-        batches = self._batches()
-        bar = _progress_bar(c, st.step, disable=not (c.progress and acc.is_main_process))
-        t0, tokens0, last = time.perf_counter(), st.tokens, {}
-        started = time.perf_counter()
-        while st.step < c.max_steps and not self.should_stop:
-            loss, grad_norm, finite = self._step(batches)
-            heartbeat.update(step=st.step)
-            bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
-            record = {'step': st.step, 'loss': loss, 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm, 'tokens': st.tokens}
-            if not finite:
-                record['skipped'] = True
-                self._log(record)
-                if self.bad_steps >= c.max_bad_steps:
-                    raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last at step {st.step}); "
-                                             "lower the learning rate, enable grad_clip, or use bf16 instead of fp16")
-                continue
-            out_of_time = c.max_minutes is not None and time.perf_counter() - started > 60 * c.max_minutes
-            final = st.step == c.max_steps or out_of_time or self.should_stop
-            if st.step % c.log_every == 0 or final:
-                dt = time.perf_counter() - t0
-                tps = (st.tokens - tokens0) / dt if dt else None
-                record.update(tokens_per_second=tps, peak_memory_mb=_peak_memory_mb(acc.device),
-                              model_tflops=tps * self.flops_per_token / 1e12 if tps else None)
-                if c.peak_tflops and tps: record['mfu'] = record['model_tflops'] / (c.peak_tflops * acc.num_processes)
-                heartbeat.update(tokens_per_second=tps / self.dp_size if tps else None, peak_memory_mb=record['peak_memory_mb'],
-                                 mfu=record.get('mfu'))   # this rank's share: tokens/s of its data-parallel replica
-                t0, tokens0 = time.perf_counter(), st.tokens
-                self._log(record); last = record
-                bar.set_postfix_str(f"step {st.step}, loss {record['loss']:.3f}" if c.max_minutes is not None else f"loss {record['loss']:.3f}")
-            self._callback('on_step_end', record)
-            final = final or self.should_stop
-            if self.val_data is not None and (st.step % c.eval_every == 0 or (final and not self.preempted)):   # no time to spare
-                ev = {'step': st.step, **self.evaluate()}
-                if ev['val_loss'] < st.best_val: st.best_val, st.best_step = ev['val_loss'], st.step
-                self._log(ev); last = {**last, **ev}
-                self._callback('on_eval', ev)
-            if st.step % c.save_every == 0 or final: self.save_checkpoint()
-            if out_of_time: break
-        bar.close()
-        self._callback('on_train_end')
-        if acc.log_with: acc.end_training()
-        summary = {'step': st.step, 'tokens': st.tokens, 'best_val_loss': st.best_val if st.best_step else None,
-                   'best_step': st.best_step, **{k: v for k, v in last.items() if k != 'step'}}
-        if acc.is_main_process: write_json_atomic(self.run_dir / 'summary.json', summary)
-        return summary
+@patch
+def _start(self:Trainer):
+    "Write `run.json` (first run), start the metrics, and continue from the checkpoint `resume` names, if any."
+    c, acc = self.config, self.accelerator
+    if acc.is_main_process and not self.run.run_json.exists(): self.run.create(c, seed=c.seed, kind='train')
+    resume = self.checkpoints.latest() if c.resume == 'auto' else (Path(c.resume) if c.resume else None)
+    self.metrics.start()
+    if resume is not None:
+        self.load_checkpoint(resume)
+        self.metrics.resumed_at(self.state.step)
+        if acc.is_main_process: print(f"llmlab: resumed from {resume} (step {self.state.step})", file=sys.stderr, flush=True)
+    self.model.train()
 
+# %% ../nbs/08_train.ipynb #013fbdbd
+@patch
+def _fit(self:Trainer, heartbeat:Heartbeat) -> dict:
+    c, acc, st = self.config, self.accelerator, self.state
+    self._start()
+    batches, bar, last = self._batches(), _progress_bar(c, st.step, disable=not (c.progress and acc.is_main_process)), {}
+    started = time.perf_counter(); self.metrics.restart_clock(st.tokens)
+    while st.step < c.max_steps and not self.should_stop:
+        loss, grad_norm, finite = self._step(batches)
+        heartbeat.update(step=st.step)
+        bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
+        record = {'step': st.step, 'loss': loss, 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm, 'tokens': st.tokens}
+        if not finite:
+            self.metrics.log({**record, 'skipped': True})
+            if self.bad_steps >= c.max_bad_steps:
+                raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last at step {st.step}); "
+                                         "lower the learning rate, enable grad_clip, or use bf16 instead of fp16")
+            continue
+        out_of_time = c.max_minutes is not None and time.perf_counter() - started > 60 * c.max_minutes
+        final = st.step == c.max_steps or out_of_time or self.should_stop
+        if st.step % c.log_every == 0 or final:
+            record.update(self.metrics.throughput(st.tokens))
+            heartbeat.update(tokens_per_second=record['tokens_per_second'] / self.dp_size if record['tokens_per_second'] else None,
+                             peak_memory_mb=record['peak_memory_mb'], mfu=record.get('mfu'))   # this rank's share: its replica's tokens/s
+            self.metrics.log(record); last = record
+            bar.set_postfix_str(f"step {st.step}, loss {loss:.3f}" if c.max_minutes is not None else f"loss {loss:.3f}")
+        self._callback('on_step_end', record)
+        final = final or self.should_stop
+        if self.val_data is not None and (st.step % c.eval_every == 0 or (final and not self.preempted)):   # no time to spare
+            ev = {'step': st.step, **self.evaluate()}
+            if ev['val_loss'] < st.best_val: st.best_val, st.best_step = ev['val_loss'], st.step
+            self.metrics.log(ev); last = {**last, **ev}
+            self._callback('on_eval', ev)
+        if st.step % c.save_every == 0 or final: self.save_checkpoint()
+        if out_of_time: break
+    bar.close()
+    self._callback('on_train_end')
+    self.metrics.end()
+    summary = {'step': st.step, 'tokens': st.tokens, 'best_val_loss': st.best_val if st.best_step else None,
+               'best_step': st.best_step, **{k: v for k, v in last.items() if k != 'step'}}
+    if acc.is_main_process: write_json_atomic(self.run.summary, summary)
+    return summary
+
+# %% ../nbs/08_train.ipynb #53689eae
 def read_metrics(run_dir) -> list[dict]:
-    "The records of a run's `metrics.jsonl`."
-    p = Path(run_dir) / 'metrics.jsonl'
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    "The records of a run's `metrics.jsonl` (`RunFolder.read_metrics`)."
+    return RunFolder(run_dir).read_metrics()
 
 def plot_metrics(run_dir, ax=None):
     "Training and validation loss against step, read from the run folder."
@@ -674,7 +819,7 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     unknown = set(d) - set(CONFIG_SECTIONS)
     if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)}; use {', '.join(CONFIG_SECTIONS)}")
     data = DataConfig.from_dict(d.get('data', {}), prefix='data')
-    train = TrainConfig.from_dict({**d.get('train', {}), **train_overrides}, prefix='train')
+    train = TrainConfig.from_dict(d.get('train', {}), prefix='train', **train_overrides)
     docs = demo_corpus(data.max_docs) if data.corpus == 'demo' else load_corpus(data.corpus, data.text_field)[:data.max_docs]
     tr_docs, va_docs = split_documents(docs, data.val_fraction, data.seed)
     run_dir = Path(train.run_dir)

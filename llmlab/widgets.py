@@ -13,7 +13,7 @@ import torch
 import ipywidgets as W
 from IPython.display import display
 
-from .core import RunFolderError
+from .core import RunFolder, RunFolderError
 from .train import read_heartbeats
 from .interp import attention_pattern, logit_lens
 
@@ -54,23 +54,11 @@ METRICS = ('loss', 'lr', 'grad_norm', 'tokens_per_second', 'mfu', 'peak_memory_m
 
 
 def read_run_metrics(run_dir) -> list[dict]:
-    "The records of `run_dir/metrics.jsonl`; a half-written last line (a run still writing) is ignored."
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir(): raise RunFolderError(f"run folder {run_dir} does not exist: check the path, or start the run first")
-    path = run_dir / 'metrics.jsonl'
-    if not path.exists(): raise RunFolderError(f"{run_dir} has no metrics.jsonl yet: the run has not logged a step")
-    lines = path.read_text(errors='replace').splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip(): continue
-        try: rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1: continue          # being written right now
-            raise RunFolderError(f"{path} line {i + 1} is not JSON ({line[:40]!r}...): the file is damaged; move it aside to start afresh") from None
-        if not isinstance(rec, dict) or 'step' not in rec:
-            raise RunFolderError(f"{path} line {i + 1} has no 'step': not a metrics file written by llmlab")
-        records.append(rec)
-    return records
+    "The records of `run_dir/metrics.jsonl` (`RunFolder.read_metrics`: a half-written last line is ignored); an error if there are none yet."
+    run = RunFolder(run_dir)
+    if not run.path.is_dir(): raise RunFolderError(f"run folder {run.path} does not exist: check the path, or start the run first")
+    if not run.metrics.exists(): raise RunFolderError(f"{run.path} has no metrics.jsonl yet: the run has not logged a step")
+    return run.read_metrics()
 
 class TrainingMonitor(_Widget):
     def __init__(self, run_dir=None, trainer=None, every:int=10, watch:bool|None=None, interval:float=2.0, dead_after:float=5.0):
@@ -95,10 +83,10 @@ class TrainingMonitor(_Widget):
         self.refresh()
         if watch if watch is not None else trainer is None: self.watch()
 
-    def series(self, metric:str|None=None) -> tuple[list[int], list[float]]:
+    def series(self, metric:str|None=None, records:list[dict]|None=None) -> tuple[list[int], list[float]]:
         "Steps and values of `metric` (the selected one by default), exponentially smoothed as the slider says."
         metric = metric or self.metric.value
-        pts = [(r['step'], r[metric]) for r in read_run_metrics(self.run_dir) if isinstance(r.get(metric), (int, float)) and not r.get('skipped')]
+        pts = [(r['step'], r[metric]) for r in (records if records is not None else read_run_metrics(self.run_dir)) if isinstance(r.get(metric), (int, float)) and not r.get('skipped')]
         a, out, avg = self.smoothing.value, [], None
         for _, v in pts:
             avg = v if avg is None else a * avg + (1 - a) * v
@@ -111,7 +99,7 @@ class TrainingMonitor(_Widget):
     def _refresh(self):
         try:
             recs = read_run_metrics(self.run_dir)
-            steps, values = self.series()
+            steps, values = self.series(records=recs)
         except RunFolderError as e:
             self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(); self.plot.outputs = (); return
         val = [(r['step'], r['val_loss']) for r in recs if 'val_loss' in r]
@@ -133,10 +121,8 @@ class TrainingMonitor(_Widget):
         return read_heartbeats(self.run_dir, dead_after=self.dead_after)
 
     def last_checkpoint(self) -> dict|None:
-        "`checkpoints/latest.json` (name, step) with its age in seconds, or None."
-        p = self.run_dir / 'checkpoints' / 'latest.json'
-        try: return {**json.loads(p.read_text()), 'age': time.time() - p.stat().st_mtime}
-        except (OSError, json.JSONDecodeError): return None
+        "`checkpoints/latest.json` (name, step, path) with its age in seconds, or None."
+        return RunFolder(self.run_dir).latest_checkpoint()
 
     def _ranks_table(self) -> str:
         ranks, ckpt = self.ranks(), self.last_checkpoint()
@@ -155,7 +141,7 @@ class TrainingMonitor(_Widget):
 
     def _snapshot(self):
         "What changes when the job moves: the metrics file's size and each rank's state and step."
-        m = self.run_dir / 'metrics.jsonl'
+        m = RunFolder(self.run_dir).metrics
         return (m.stat().st_size if m.exists() else -1, tuple((r['rank'], r['state'], r['step']) for r in self.ranks()),
                 (self.last_checkpoint() or {}).get('name'))
 
@@ -205,7 +191,7 @@ def read_eval_run(run_dir) -> dict:
     "The `results/*.json` of an evaluation run folder, by task."
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): raise RunFolderError(f"evaluation run folder {run_dir} does not exist")
-    files = sorted((run_dir / 'results').glob('*.json'))
+    files = sorted(RunFolder(run_dir).results.glob('*.json'))
     if not files: raise RunFolderError(f"{run_dir} has no results/: run `llmlab eval --run-dir {run_dir}` first")
     out = {}
     for f in files:
@@ -264,7 +250,7 @@ class EvalDashboard(_Widget):
         "The items of the selected task in the selected run (prompt, prediction, target, scores)."
         import pandas as pd
         run = next((r for r in self.run_dirs if r.name == self.run.value), None)
-        path = run / 'items' / f'{self.task.value}.jsonl' if run is not None and self.task.value else None
+        path = RunFolder(run).item_file(self.task.value) if run is not None and self.task.value else None
         if path is None or not path.exists(): return pd.DataFrame()
         rows = []
         for line in path.read_text().splitlines():
@@ -290,7 +276,8 @@ class EvalDashboard(_Widget):
 
     def _update_tasks(self):
         run = next((r for r in self.run_dirs if r.name == self.run.value), None)
-        tasks = sorted(p.stem for p in (run / 'items').glob('*.jsonl')) if run is not None and (run / 'items').is_dir() else []
+        items = RunFolder(run).items if run is not None else None
+        tasks = sorted(p.stem for p in items.glob('*.jsonl')) if items is not None and items.is_dir() else []
         self.task.options = tasks
         self.task.value = tasks[0] if tasks else None
         self._show_items()

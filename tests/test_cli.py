@@ -40,3 +40,22 @@ def test_quickstart_writes_its_run_folder(tmp_path):
     assert len(test_tok) == QUICKSTART_TRAIN['data']['train_tokenizer']
     assert 0 < train['val_bits_per_byte'] < 8 and f"{train['val_bits_per_byte']:.2f} bits per byte" in r.stdout
     assert train['sample'] and train['sample_prompt'].splitlines()[0] in r.stdout   # the trained model wrote something
+
+
+def test_train_config_in_sections_reads_as_its_flat_form():
+    "The example config writes `train` in sections; the same settings flat (the older form) give the same TrainConfig."
+    from llmlab.core import load_config_file
+    from llmlab.train import TrainConfig
+    d = load_config_file(Path(__file__).parents[1] / 'benchmarks' / 'configs' / 'stdlib_10m.yaml')['train']
+    flat = {'run_dir': 'runs/stdlib_10m', 'max_steps': 2000, 'batch_size': 16, 'optimizer': 'adamw', 'lr': 2e-3, 'schedule': 'wsd',
+            'warmup_steps': 30, 'decay_fraction': 0.2, 'eval_every': 50, 'eval_batches': 16, 'save_every': 200, 'log_every': 10}
+    assert TrainConfig.from_dict(d, prefix='train') == TrainConfig.from_dict(flat, prefix='train')
+
+
+def test_train_with_a_setting_in_the_wrong_section_says_where_it_belongs(tmp_path):
+    cfg = tmp_path / 'run.yaml'
+    cfg.write_text("data: {corpus: demo}\ntrain:\n  optimizer: {name: adamw, warmup_steps: 10}\n")
+    r = run('train', str(cfg), '--run-dir', str(tmp_path / 'run'))
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert 'train.optimizer.warmup_steps is not a setting of the optimizer section: it belongs in train.schedule' in r.stderr
+    assert not (tmp_path / 'run').exists()   # nothing was written
