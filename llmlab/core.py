@@ -316,6 +316,7 @@ class RunFolder:
     checkpoints = property(lambda self: self.path / 'checkpoints')
     latest_json = property(lambda self: self.checkpoints / 'latest.json')
     ranks = property(lambda self: self.path / 'ranks')
+    slurm = property(lambda self: self.path / 'slurm')   # the batch script and each job's log (llmlab launch)
     items = property(lambda self: self.path / 'items')
     results = property(lambda self: self.path / 'results')
     name = property(lambda self: self.path.name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .core import Config, ConfigError, LlmlabError, load_config_file, write_json_atomic
+from .core import Config, ConfigError, LlmlabError, RunFolder, load_config_file, write_json_atomic
 from .train import TrainConfig, check_run_folder
 
 # %% auto #0
@@ -49,7 +49,7 @@ def sbatch_script(config_path, run_dir, slurm:SlurmConfig, train_args:list[str]=
     s, run_dir = slurm, Path(run_dir).resolve()
     cpus = s.cpus_per_task or s.nproc_per_node
     opts = [f'--job-name={s.job_name or "llmlab-" + run_dir.name}', f'--nodes={s.nodes}', '--ntasks-per-node=1',
-            f'--cpus-per-task={cpus}', f'--output={run_dir}/slurm/%j.out', '--open-mode=append',
+            f'--cpus-per-task={cpus}', f'--output={RunFolder(run_dir).slurm}/%j.out', '--open-mode=append',
             '--requeue' if s.requeue else '--no-requeue']
     if s.gpus_per_node: opts.append(f'--gpus-per-node={s.gpus_per_node}')
     opts += [f'--{k}={getattr(s, k)}' for k in ('partition', 'time', 'account', 'qos') if getattr(s, k)]
@@ -86,7 +86,7 @@ class SlurmJob:
     job_id: str
     run_dir: Path
     @property
-    def log(self) -> Path: return Path(self.run_dir) / 'slurm' / f'{self.job_id}.out'
+    def log(self) -> Path: return RunFolder(self.run_dir).slurm / f'{self.job_id}.out'
 
     def info(self) -> dict:
         "The job's fields as `scontrol show job` gives them (JobState, Restarts, Reason, ...)."
@@ -129,7 +129,7 @@ def launch_slurm(config, slurm:SlurmConfig, run_dir=None, train_overrides:dict|N
     if dry_run: return script
     if slurm.partition and slurm.partition not in (parts := _partitions()):
         raise LaunchError(f"partition {slurm.partition!r} does not exist on this cluster; its partitions: {', '.join(parts)}")
-    folder = run_dir / 'slurm'
+    folder = RunFolder(run_dir).slurm
     folder.mkdir(parents=True, exist_ok=True)
     pending = folder / f'.submit-{os.getpid()}.sbatch'
     pending.write_text(script)

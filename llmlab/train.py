@@ -438,7 +438,7 @@ HEARTBEAT_SECONDS = 1.0
 class Heartbeat:
     "Rewrites `<run_dir>/ranks/rank-<rank>.json` every `interval` seconds from a thread until `stop(status)`."
     def __init__(self, run_dir, rank:int, world_size:int, interval:float=HEARTBEAT_SECONDS):
-        self.path = Path(run_dir) / 'ranks' / f'rank-{rank:05d}.json'
+        self.path = RunFolder(run_dir).ranks / f'rank-{rank:05d}.json'
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.info = {'rank': rank, 'world_size': world_size, 'host': socket.gethostname(), 'pid': os.getpid(),
                      'started': time.time(), 'status': 'running', 'step': 0}
@@ -468,7 +468,7 @@ def _process_gone(pid:int) -> bool:
 def read_heartbeats(run_dir, dead_after:float=5 * HEARTBEAT_SECONDS, now:float|None=None) -> list[dict]:
     "Each rank's last heartbeat with `state`: running, dead (silent for `dead_after` s or its process gone), finished or failed."
     now, out = now or time.time(), []
-    for f in sorted((Path(run_dir) / 'ranks').glob('rank-*.json')):
+    for f in sorted(RunFolder(run_dir).ranks.glob('rank-*.json')):
         try: hb = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError): continue   # replaced while reading: the next look finds it whole
         hb['age'] = now - hb['time']
