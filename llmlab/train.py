@@ -813,6 +813,8 @@ def _tokenizer_for(data:DataConfig, train_docs, run_dir:Path):
         if not (path / 'tokenizer.json').exists(): train_tokenizer(train_docs, data.train_tokenizer, path)
     return AutoTokenizer.from_pretrained(str(path))
 
+
+# %% ../nbs/08_train.ipynb #9c35f228
 def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     "The model, tokenizer and data of a config (a dict, or a YAML/TOML file, with `model`, `data` and `train` sections)."
     d = load_config_file(cfg) if isinstance(cfg, (str, Path)) else dict(cfg)
