@@ -208,10 +208,10 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/04_data.ipynb #59a31b80
 def demo_shards(tokenizer, root=None, block_size:int=256, max_docs:int|None=None, val_fraction:float=0.05,
-                seed:int=0, progress:bool=True) -> tuple[TokenShards, TokenShards]:
-    "(train, validation) shards of the demo corpus, built once under `root` (default: llmlab's cache)."
+                seed:int=0, progress:bool=True, documents:tuple[list, list]|None=None) -> tuple[TokenShards, TokenShards]:
+    "(train, validation) shards of the demo corpus, built once under `root` (default: llmlab's cache); `documents`: its split, if read already."
     from llmlab.checkpoints import cache_root
-    train, val = split_documents(demo_corpus(max_docs), val_fraction, seed)
+    train, val = documents or split_documents(demo_corpus(max_docs), val_fraction, seed)
     name = getattr(tokenizer, 'name_or_path', 'tokenizer').replace('/', '_')
     root = Path(root or cache_root() / 'data' / f'stdlib-{name}-{max_docs or "all"}-{seed}')
     return (TokenShards(build_shards(train, tokenizer, root / 'train', progress=progress), block_size),

@@ -21,7 +21,6 @@ from fastcore.basics import patch
 
 from .core import (CheckpointError, Config, ConfigError, LlmlabError, RunFolder, RunFolderError, _did_you_mean, git_revision,
                          load_config_file, seed_everything, write_json_atomic)
-from .checkpoints import load_pretrained, load_tokenizer
 from .data import ResumableSampler, TokenShards, build_shards, demo_corpus, demo_shards, load_corpus, split_documents, train_tokenizer
 from .memory import checkpoint_every, checkpoint_model, model_flops_per_token
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
@@ -804,6 +803,7 @@ class ConfiguredRun:
 
 def _tokenizer_for(data:DataConfig, train_docs, run_dir:Path):
     "The configured tokenizer, or one learned from `train_docs` into `run_dir/tokenizer` (once; every rank waits for it)."
+    from llmlab.checkpoints import load_tokenizer   # here, not at the top: importing the Trainer stays cheap
     if not data.train_tokenizer: return load_tokenizer(data.tokenizer)
     from filelock import FileLock
     from transformers import AutoTokenizer
@@ -828,12 +828,14 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     tok = _tokenizer_for(data, tr_docs, run_dir)
     if data.corpus == 'demo' and not data.train_tokenizer:   # shared across runs in llmlab's cache, keyed by the tokenizer's name
         tr, va = demo_shards(tok, block_size=data.block_size, max_docs=data.max_docs, val_fraction=data.val_fraction,
-                             seed=data.seed, progress=train.progress)
+                             seed=data.seed, progress=train.progress, documents=(tr_docs, va_docs))
     else:
         tr = TokenShards(build_shards(tr_docs, tok, run_dir / 'data' / 'train', progress=train.progress), data.block_size)
         va = TokenShards(build_shards(va_docs, tok, run_dir / 'data' / 'val', progress=train.progress), data.block_size) if va_docs else None
     m = dict(d.get('model', {}))
-    if 'pretrained' in m: model = load_pretrained(m.pop('pretrained'), progress=train.progress)
+    if 'pretrained' in m:
+        from llmlab.checkpoints import load_pretrained
+        model = load_pretrained(m.pop('pretrained'), progress=train.progress)
     else:
         from llmlab.model import Llama, ModelConfig
         seed_everything(train.seed)

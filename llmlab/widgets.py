@@ -93,21 +93,22 @@ class TrainingMonitor(_Widget):
             out.append(avg)
         return [s for s, _ in pts], out
 
-    def refresh(self):
-        with self._lock: self._refresh()
+    def refresh(self, ranks:list[dict]|None=None):
+        "Redraw from the run folder (`ranks`: heartbeats the caller has just read, so they are read once per look)."
+        with self._lock: self._refresh(ranks)
 
-    def _refresh(self):
+    def _refresh(self, ranks=None):
         try:
             recs = read_run_metrics(self.run_dir)
             steps, values = self.series(records=recs)
         except RunFolderError as e:
-            self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(); self.plot.outputs = (); return
+            self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(ranks); self.plot.outputs = (); return
         val = [(r['step'], r['val_loss']) for r in recs if 'val_loss' in r]
         last = next((r for r in reversed(recs) if 'loss' in r), {})
         self.status.value = (f"<b>{html.escape(self.run_dir.name)}</b>: step {last.get('step', 0)}, loss {last.get('loss', float('nan')):.4f}"
                              + (f", validation {val[-1][1]:.4f}" if val else '')
                              + (f", {last['tokens_per_second']:,.0f} tokens/s" if last.get('tokens_per_second') else ''))
-        self.ranks_html.value = self._ranks_table()
+        self.ranks_html.value = self._ranks_table(ranks)
         def draw(fig):
             ax = fig.add_subplot(111)
             ax.plot(steps, values, lw=1, label=self.metric.value)
@@ -124,8 +125,8 @@ class TrainingMonitor(_Widget):
         "`checkpoints/latest.json` (name, step, path) with its age in seconds, or None."
         return RunFolder(self.run_dir).latest_checkpoint()
 
-    def _ranks_table(self) -> str:
-        ranks, ckpt = self.ranks(), self.last_checkpoint()
+    def _ranks_table(self, ranks:list[dict]|None=None) -> str:
+        ranks, ckpt = self.ranks() if ranks is None else ranks, self.last_checkpoint()
         colour = {'running': '#1b7f3a', 'dead': '#b00020', 'failed': '#b00020', 'finished': '#555555', 'preempted': '#b36b00'}
         num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else '-'
         rows = ''.join(f"<tr class='llmlab-rank llmlab-rank-{r['state']}'><td>{r['rank']}</td><td>{html.escape(str(r['host']))}</td>"
@@ -139,10 +140,10 @@ class TrainingMonitor(_Widget):
             f"; last checkpoint {html.escape(ckpt['name'])} ({ckpt['age']:.0f} s ago)" if ckpt else '; no checkpoint yet')
         return f"<div class='llmlab-ranks-summary'>{head}</div>{table}"
 
-    def _snapshot(self):
+    def _snapshot(self, ranks:list[dict]):
         "What changes when the job moves: the metrics file's size and each rank's state and step."
         m = RunFolder(self.run_dir).metrics
-        return (m.stat().st_size if m.exists() else -1, tuple((r['rank'], r['state'], r['step']) for r in self.ranks()),
+        return (m.stat().st_size if m.exists() else -1, tuple((r['rank'], r['state'], r['step']) for r in ranks),
                 (self.last_checkpoint() or {}).get('name'))
 
     def watch(self) -> threading.Thread:
@@ -153,8 +154,9 @@ class TrainingMonitor(_Widget):
             seen = None
             try:
                 while self._watching.is_set():
-                    now = self._snapshot()
-                    if now != seen: self.refresh(); seen = now
+                    ranks = self.ranks()
+                    now = self._snapshot(ranks)
+                    if now != seen: self.refresh(ranks); seen = now
                     ranks = now[1]
                     if ranks and all(state in ('finished', 'failed') for _, state, _ in ranks): break
                     time.sleep(self.interval)
