@@ -50,7 +50,10 @@ def _section_of(field:str) -> str|None:
 
 def _flatten_train_sections(d:dict, prefix:str) -> dict:
     "A `train` mapping written in sections (`optimizer: {name: muon, lr: 3e-3}`) as TrainConfig's fields; flat keys pass as they are."
-    flat, where = {}, {}
+    fields, set_at = {}, {}   # field -> value; field -> where the file set it
+    def put(field, value, place):
+        if field in fields: raise ConfigError(f"{set_at[field]} and {place} set the same field; keep one")
+        fields[field], set_at[field] = value, place
     for key, value in d.items():
         if key in TRAIN_SECTIONS and isinstance(value, dict):
             for k, v in value.items():
@@ -60,13 +63,9 @@ def _flatten_train_sections(d:dict, prefix:str) -> dict:
                             else _did_you_mean(k, TRAIN_SECTIONS[key]).strip().lower() or "it is not a training setting")
                     raise ConfigError(f"{prefix}.{key}.{k} is not a setting of the {key} section: {hint} "
                                       f"({key} holds {', '.join(TRAIN_SECTIONS[key])})")
-                flat.setdefault(key if k == 'name' else k, []).append(f"{prefix}.{key}.{k}")
-                where[key if k == 'name' else k] = v
-        else:
-            flat.setdefault(key, []).append(f"{prefix}.{key}"); where[key] = value
-    twice = next((places for places in flat.values() if len(places) > 1), None)
-    if twice: raise ConfigError(f"{' and '.join(twice)} set the same field; keep one")
-    return where
+                put(key if k == 'name' else k, v, f"{prefix}.{key}.{k}")
+        else: put(key, value, f"{prefix}.{key}")
+    return fields
 
 def _check_train_config(c):
     "TrainConfig's cross-field checks (its `validate`)."
