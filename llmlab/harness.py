@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 
 from .core import ConfigError, RunFolder, write_json_atomic, write_text_atomic
-from .eval import EvalModel, TaskResult, builtin_tasks, clt_stderr, clustered_stderr, lm_eval_task_keys
+from .eval import EvalModel, TaskResult, builtin_tasks, lm_eval_task_keys
+from .stats import clt_stderr, clustered_stderr
 
 # %% auto #0
 __all__ = ['DATA_SUFFIXES', 'LlmlabLM', 'local_data_files', 'local_datasets', 'is_lm_eval_task_file', 'evaluate_harness']

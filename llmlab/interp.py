@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .attention import attention_backends, repeat_kv
 from .core import UnknownNameError, _did_you_mean
-from .model import Llama, apply_rotary
+from .model import MLP, Llama, ReLU2MLP, apply_rotary, positions_and_mask
 
 # %% auto #0
 __all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge',
@@ -65,7 +65,7 @@ def check_hook_name(model, name:str) -> str:
                                f"hook_names({L}) lists them all; act_name('resid_pre', 3) builds one.")
     return name
 
-# %% ../nbs/11_interp.ipynb #8597d2e6
+# %% ../nbs/11_interp.ipynb #c41d22ff
 class HookPoint:
     "What a hook function receives besides the tensor, as in TransformerLens: the point's `name` and `layer()`."
     def __init__(self, name:str): self.name = name
@@ -84,6 +84,7 @@ def hooked_forward(model:Llama, input_ids:Tensor, hook:Callable[[str, Tensor], T
     with torch.set_grad_enabled(grad):
         return _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer, start_at_layer or 0, resid, logits_at)
 
+# %% ../nbs/11_interp.ipynb #20788dcc
 def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer, first, resid, logits_at):
     def point(name, x): return hook(name, x) if wants(name) else x
     def norm(prefix, mod, x):
@@ -94,7 +95,7 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
     cfg = model.config
     B, T = input_ids.shape
     H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    positions, mask = model.positions_and_mask(input_ids, attention_mask)
+    positions, mask = positions_and_mask(input_ids, attention_mask)
     x = point('hook_embed', model.embed_tokens(input_ids)) if resid is None else resid
     cos, sin = model.rotary(positions, x.dtype)
     for i, block in enumerate(model.layers):
@@ -122,11 +123,12 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         attn_out = point(p + 'hook_attn_out', attn.o_proj(z.reshape(B, T, H * D)))
         x = point(p + 'hook_resid_mid', x + attn_out)
         h = norm(p + 'ln2.', block.post_attention_layernorm, x)
-        if cfg.mlp == 'swiglu':
+        if isinstance(mlp, MLP):
             gate = point(p + 'mlp.hook_pre', mlp.gate_proj(h))
             up = point(p + 'mlp.hook_pre_linear', mlp.up_proj(h))
             post = point(p + 'mlp.hook_post', F.silu(gate) * up)
-        else: post = point(p + 'mlp.hook_post', F.relu(point(p + 'mlp.hook_pre', mlp.up_proj(h))).square())   # TransformerLens's names for an ungated MLP
+        elif isinstance(mlp, ReLU2MLP): post = point(p + 'mlp.hook_post', F.relu(point(p + 'mlp.hook_pre', mlp.up_proj(h))).square())   # TransformerLens's names for an ungated MLP
+        else: raise NotImplementedError(f"run_with_cache has no hook points for the mlp kind {cfg.mlp!r}")
         mlp_out = point(p + 'hook_mlp_out', mlp.down_proj(post))
         x = point(p + 'hook_resid_post', x + mlp_out)
     if stop_at_layer is not None and stop_at_layer >= len(model.layers): return None
@@ -160,7 +162,7 @@ def _name_filter(names_filter) -> Callable[[str], bool]:
     wanted = set(names_filter)
     return lambda n: n in wanted
 
-# %% ../nbs/11_interp.ipynb #25d6ee27
+# %% ../nbs/11_interp.ipynb #aa119768
 _bridges = weakref.WeakKeyDictionary()
 
 def bridge(model, tokenizer=None):
@@ -178,6 +180,7 @@ def bridge(model, tokenizer=None):
 
 def _is_llama(model) -> bool: return isinstance(model, Llama)
 
+# %% ../nbs/11_interp.ipynb #93511aea
 def run_with_cache(model, input_ids:Tensor, names_filter=None, attention_mask:Tensor|None=None,
                    device:str|torch.device|None='cpu', stop_at_layer:int|None=None) -> tuple[Tensor|None, ActivationCache]:
     "Run `model` and cache the activations `names_filter` selects (moved to `device`; None keeps them in place)."
@@ -411,7 +414,7 @@ def probe_layers(acts:Tensor, y:Tensor, **kwargs):
     return pd.DataFrame([{'layer': l, 'accuracy': train_probe(a, y, **kwargs).test_accuracy,
                           'shuffled_labels': train_probe(a, y_shuffled, **kwargs).test_accuracy} for l, a in enumerate(acts)])
 
-# %% ../nbs/11_interp.ipynb #7d7c5cdd
+# %% ../nbs/11_interp.ipynb #1cac3e66
 def _batched(model, corrupted:Tensor, hooks_for:Callable[[int], list], n_runs:int, metric, batch_runs:int,
              layer:int|None=None, resid:Tensor|None=None) -> Tensor:
     "Metric of `n_runs` patched runs of `corrupted`, `batch_runs` runs per forward pass (from block `layer` on, given the `resid` entering it)."
@@ -452,6 +455,7 @@ def _patch_sweep(model, clean:Tensor, corrupted:Tensor, metric, activation:str, 
         result[l] = _batched(model, corrupted, hooks_for, size, metric, batch_runs, **start)
     return result
 
+# %% ../nbs/11_interp.ipynb #7772bd47
 def patch_residual(model, clean:Tensor, corrupted:Tensor, metric:Callable[[Tensor], Tensor], activation:str='resid_pre',
                    batch_runs:int=16) -> Tensor:
     "Metric after patching the clean `activation` into the corrupted run, for every (layer, position): `(layers, pos)`."

@@ -17,7 +17,7 @@ from .train import TrainConfig, check_run_folder
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'LaunchError', 'SlurmConfig', 'sbatch_script', 'SlurmJob', 'launch_slurm']
 
-# %% ../nbs/08b_launch.ipynb #3d8064d2
+# %% ../nbs/08b_launch.ipynb #77a92582
 class LaunchError(LlmlabError):
     "Slurm is missing or refused the job: what it said and what to do."
 
@@ -44,6 +44,7 @@ class SlurmConfig(Config):
         if self.gpus_per_node and self.nproc_per_node > self.gpus_per_node:
             raise ConfigError(f"nproc_per_node={self.nproc_per_node} is more than gpus_per_node={self.gpus_per_node}: one process per GPU")
 
+# %% ../nbs/08b_launch.ipynb #83e9da81
 def sbatch_script(config_path, run_dir, slurm:SlurmConfig, train_args:list[str]=(), python:str=sys.executable) -> str:
     "The batch script that runs `llmlab train config_path --run-dir run_dir --resume auto` as `slurm` says."
     s, run_dir = slurm, Path(run_dir).resolve()
@@ -68,7 +69,7 @@ def sbatch_script(config_path, run_dir, slurm:SlurmConfig, train_args:list[str]=
         'echo "llmlab: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, rendezvous $MASTER_ADDR:$MASTER_PORT"',
         torchrun, ''])
 
-# %% ../nbs/08b_launch.ipynb #9252e189
+# %% ../nbs/08b_launch.ipynb #26e6efef
 TERMINAL_STATES = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')
 
 def _slurm(*cmd, check=True) -> subprocess.CompletedProcess:
@@ -108,6 +109,7 @@ class SlurmJob:
     def cancel(self): _slurm('scancel', self.job_id)
     def requeue(self): _slurm('scontrol', 'requeue', self.job_id)
 
+# %% ../nbs/08b_launch.ipynb #772c3279
 def _partitions() -> list[str]:
     return sorted({p.rstrip('*') for p in _slurm('sinfo', '-h', '-o', '%P').stdout.split()})
 

@@ -1,4 +1,4 @@
-"""What fits: activation checkpointing policies applied from outside, weight-only int8/int4 quantization for inference, and a memory planner, checked against measured peaks and against the real sharding code run at 70B scale.
+"""What fits: activation checkpointing policies applied from outside, and a memory planner, checked against measured peaks and against the real sharding code run at 70B scale.
 
 Docs: https://llmlab.github.io/llmlab/memory.html.md"""
 
@@ -6,23 +6,20 @@ Docs: https://llmlab.github.io/llmlab/memory.html.md"""
 
 # %% ../nbs/06_memory.ipynb #18899b85
 from __future__ import annotations
-import json, math
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
 
 from .core import ConfigError
-from .model import Block, Llama, ModelConfig
+from .model import Block, Llama, ModelConfig, mlp_kinds
 
 # %% auto #0
 __all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_every',
            'checkpoint_model', 'Hardware', 'Layout', 'as_model_config', 'parameter_counts', 'model_flops_per_token',
-           'block_activation_bytes', 'Plan', 'plan', 'implied_throughput', 'measure_step', 'simulate_sharding',
-           'QuantizedLinear', 'quantize', 'weight_bytes', 'save_quantized', 'load_quantized']
+           'block_activation_bytes', 'Plan', 'plan', 'implied_throughput', 'measure_step', 'simulate_sharding']
 
 # %% ../nbs/06_memory.ipynb #6aa04993
 CHECKPOINT_POLICIES = ('none', 'full', 'attention', 'mlp', 'selective', 'offload')   # and 'every_N'
@@ -61,7 +58,7 @@ def checkpoint_model(model:nn.Module, policy:str='full') -> nn.Module:
         elif policy == 'selective': wrap(block, context_fn=_saves_matmuls)
     return model
 
-# %% ../nbs/06_memory.ipynb #6e28965c
+# %% ../nbs/06_memory.ipynb #d56cbe8c
 @dataclass
 class Hardware:
     "One accelerator: peak dense bf16 TFLOP/s, memory, and the bandwidths collectives run at (per GPU)."
@@ -87,6 +84,10 @@ class Layout:
     pp: int = 1
     micro_batches: int = 1        # pipeline micro-batches per step
     gpus_per_node: int = 8
+    def __post_init__(self):
+        for k in ('dp', 'fsdp', 'tp', 'pp', 'micro_batches', 'gpus_per_node'):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ConfigError(f"Layout.{k}={getattr(self, k)!r} must be a positive integer")
+        if self.zero_stage not in (0, 1, 2, 3): raise ConfigError(f"Layout.zero_stage={self.zero_stage!r}: choose 0, 1, 2 or 3")
     @property
     def world_size(self) -> int: return self.dp * self.fsdp * self.tp * self.pp
 
@@ -98,11 +99,12 @@ def as_model_config(model) -> ModelConfig:
     if isinstance(cfg, ModelConfig): return cfg
     return as_model_config(cfg.to_dict() if hasattr(cfg, 'to_dict') else vars(cfg))
 
+# %% ../nbs/06_memory.ipynb #5d1a96f2
 def parameter_counts(cfg:ModelConfig) -> dict:
     "Parameters by where the parallel plans put them: `blocks` (split by TP), `embedding`, `head`, `norms`."
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    mats = 3 if cfg.mlp == 'swiglu' else 2   # gate, up, down; a relu2 MLP has no gate
+    mats = 3 if mlp_kinds[cfg.mlp].gated else 2   # gate, up, down; an ungated MLP (relu2) has no gate
     per_block = (h * q + 2 * h * kv + q * h + mats * h * i + (q + 2 * kv + h if cfg.attention_bias else 0)
                  + ((mats - 1) * i + h if cfg.mlp_bias else 0))
     norms = 2 * h + (2 * hd if cfg.qk_norm else 0)
@@ -119,6 +121,7 @@ def model_flops_per_token(cfg, seq_len:int, n_params:int|None=None) -> float:
 
 # bytes per parameter: (parameters, gradients, optimizer state for AdamW); bf16-mixed adds bf16 working copies (see comm)
 PRECISIONS = {'fp32': (4, 4, 8), 'bf16': (2, 2, 4), 'bf16-mixed': (4, 4, 8)}
+
 OPTIMIZER_STATE = {'adamw': 1.0, 'sgd': 0.0, 'adafactor': 0.05}   # relative to AdamW's two full moments
 
 def block_activation_bytes(cfg:ModelConfig, tokens:int, precision:str='fp32', tp:int=1) -> dict:
@@ -160,65 +163,37 @@ class Plan:
                 f"{HARDWARE[self.hardware].memory_gb if self.hardware in HARDWARE else '?'} GB) |\n\n"
                 f"step {self.step_seconds:.3g} s, {self.tokens_per_second:,.0f} tokens/s in all, MFU {self.mfu:.0%}")
 
-# %% ../nbs/06_memory.ipynb #b6c09376
-def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, precision:str='bf16-mixed', optimizer:str='adamw',
-         checkpointing:str='none', hardware:str='h100-80gb', efficiency:float=0.55) -> Plan:
-    "Predict one training step's memory per GPU and its time. `batch_size` is sequences per GPU per micro-batch."
-    cfg, lay = as_model_config(model), layout or Layout()
-    if precision not in PRECISIONS: raise ConfigError(f"precision={precision!r}: choose from {', '.join(PRECISIONS)}")
-    if optimizer not in OPTIMIZER_STATE: raise ConfigError(f"optimizer={optimizer!r}: choose from {', '.join(OPTIMIZER_STATE)}")
-    if hardware not in HARDWARE: raise ConfigError(f"hardware={hardware!r}: choose from {', '.join(HARDWARE)}")
-    L, hw, notes = cfg.num_hidden_layers, HARDWARE[hardware], []
+# %% ../nbs/06_memory.ipynb #08931ed9
+def _check_plan(cfg:ModelConfig, lay:Layout, batch_size:int, seq_len:int, precision:str, optimizer:str, hardware:str):
+    "Every argument of `plan`, checked before any arithmetic: a clear error instead of a division by zero."
+    for name, v in (('batch_size', batch_size), ('seq_len', seq_len)):
+        if v < 1: raise ConfigError(f"{name}={v} must be a positive integer")
+    for name, value, allowed in (('precision', precision, PRECISIONS), ('optimizer', optimizer, OPTIMIZER_STATE), ('hardware', hardware, HARDWARE)):
+        if value not in allowed: raise ConfigError(f"{name}={value!r}: choose from {', '.join(allowed)}")
     for name, n in (('num_attention_heads', cfg.num_attention_heads), ('num_key_value_heads', cfg.num_key_value_heads),
                     ('intermediate_size', cfg.intermediate_size)):
         if n % lay.tp: raise ConfigError(f"{name}={n} is not divisible by tp={lay.tp}")
-    if L < lay.pp: raise ConfigError(f"{L} layers cannot fill {lay.pp} pipeline stages")
-    counts = parameter_counts(cfg)
-    layers_here = math.ceil(L / lay.pp)
-    # the fuller pipeline stage: the first holds the embedding; with one stage, everything
-    local = (counts['blocks'] / L * layers_here / lay.tp + counts['block_norms'] / L * layers_here + counts['embedding']
-             + (counts['head'] + counts['norm'] if lay.pp == 1 else 0))
-    p_bytes, g_bytes, o_bytes = PRECISIONS[precision]
-    o_bytes *= OPTIMIZER_STATE[optimizer]
-    shard = lay.fsdp
-    params = local * p_bytes / (shard if lay.zero_stage >= 3 else 1)
-    grads = local * g_bytes / (shard if lay.zero_stage >= 2 else 1)
-    opt = local * o_bytes / (shard if lay.zero_stage >= 1 else 1)
-    # activations: the micro-batches a stage holds at once (1F1B: up to pp of them on the first stage)
-    tokens = batch_size * seq_len
-    in_flight = min(lay.micro_batches, lay.pp) if lay.pp > 1 else 1
-    act_prec = 'fp32' if precision == 'fp32' else 'bf16'
+    if cfg.num_hidden_layers < lay.pp: raise ConfigError(f"{cfg.num_hidden_layers} layers cannot fill {lay.pp} pipeline stages")
+
+def _kept_and_recomputed(cfg:ModelConfig, lay:Layout, tokens:int, act_prec:str, checkpointing:str) -> tuple[float, float]:
+    "Bytes of activations one block keeps for the backward pass under `checkpointing`, and the bytes it recomputes."
     block = block_activation_bytes(cfg, tokens, act_prec, lay.tp)
     every = checkpoint_every(checkpointing)
-    if checkpointing == 'none': per_layer, recompute = block['total'], 0.0
-    elif checkpointing in ('full', 'offload'): per_layer, recompute = block['input'], block['total']
-    elif checkpointing == 'attention': per_layer, recompute = block['mlp'] + block['input'], block['attention']
-    elif checkpointing == 'mlp': per_layer, recompute = block['attention'] + block['input'], block['mlp']
-    elif checkpointing == 'selective':   # keep matmul outputs: q, k, v, attention output, o_proj, gate, up, down
+    if checkpointing == 'none': return block['total'], 0.0
+    if checkpointing == 'offload': return 0.0, block['total']          # kept in host memory (a note says so)
+    if checkpointing == 'full': return block['input'], block['total']
+    if checkpointing == 'attention': return block['mlp'] + block['input'], block['attention']
+    if checkpointing == 'mlp': return block['attention'] + block['input'], block['mlp']
+    if checkpointing == 'selective':   # keep matmul outputs: q, k, v, attention output, o_proj, gate, up, down
         h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
         dt = 4 if act_prec == 'fp32' else 2
-        per_layer, recompute = block['input'] + dt * tokens * (3 * h / lay.tp + 2 * kv / lay.tp + 2 * i / lay.tp + h), block['total']
-    else: per_layer, recompute = (block['input'] + (every - 1) * block['total']) / every, block['total']   # every_N
-    if checkpointing == 'offload': per_layer = 0.0; notes.append('offloaded activations live in host memory')
-    dt = 4 if act_prec == 'fp32' else 2
-    outside = (dt + 12) * cfg.hidden_size * tokens        # embedding output and the final norm's tensors
-    stored = per_layer * layers_here * in_flight
-    logits = (12 if act_prec == 'fp32' else 14) * cfg.vocab_size * tokens if lay.pp == 1 else 0.0
-    comm = 0.0
-    block_params = counts['blocks'] / L / lay.tp
-    if lay.fsdp > 1 and lay.zero_stage >= 3: comm += 2 * block_params * (2 if precision != 'fp32' else p_bytes) + block_params * 4
-    elif precision == 'bf16-mixed': comm += 2 * block_params * 2     # bf16 working copies of the blocks being computed
-    if lay.pp > 1: comm += 2 * 2 * tokens * cfg.hidden_size
-    gib = 2**30
-    # three moments compete for the peak: the loss (every stored activation and the logits), the first recomputed block
-    # (stored activations, that block's, the output layer's gradient), the end of the backward pass (every gradient)
-    head_grad = (counts['head'] or counts['embedding']) * g_bytes / (shard if lay.zero_stage >= 2 else 1) if lay.pp == 1 else 0.0
-    moments = {'loss': stored + outside + logits, 'recompute': stored + recompute + head_grad, 'gradients': grads + recompute + outside}
-    activations = max(moments['loss'] - logits, moments['recompute'] - head_grad)
-    parts = [params, grads, opt, activations, logits, comm]
-    total = params + opt + comm + max(moments.values())
-    notes.append(f"peak at the {max(moments, key=moments.get)}")
-    # time: compute at `efficiency` of peak against collectives at link (or network) bandwidth; they overlap
+        return block['input'] + dt * tokens * (3 * h / lay.tp + 2 * kv / lay.tp + 2 * i / lay.tp + h), block['total']
+    return (block['input'] + (every - 1) * block['total']) / every, block['total']   # every_N
+
+# %% ../nbs/06_memory.ipynb #c223ae75
+def _step_seconds(cfg:ModelConfig, lay:Layout, hw:Hardware, tokens:int, seq_len:int, local:float, checkpointing:str,
+                  efficiency:float, notes:list) -> tuple[float, float, float]:
+    "Step time (compute at `efficiency` of peak against collectives at link or network bandwidth: they overlap), tokens per step, FLOPs per token."
     fpt = model_flops_per_token(cfg, seq_len)
     # a recomputed forward costs a third of a step's FLOPs; the halves of a block roughly in proportion to their FLOPs
     if checkpointing in ('full', 'offload'): recompute_fraction = 1 / 3
@@ -230,12 +205,48 @@ def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, pre
     fsdp_bytes = 3 * local * 2 * (lay.fsdp - 1) / lay.fsdp if lay.fsdp > 1 else 0.0     # gather (fwd, bwd) + reduce-scatter, bf16
     dp_bytes = 2 * local * 2 * (lay.dp - 1) / lay.dp if lay.dp > 1 else 0.0
     comm_time = (fsdp_bytes + dp_bytes) / bw
-    step = max(compute, comm_time)
     if comm_time > compute: notes.append(f'communication-bound: collectives {comm_time:.3g} s > compute {compute:.3g} s')
-    mfu = step_tokens * fpt / (step * lay.world_size * hw.peak_tflops * 1e12)
-    return Plan(*(x / gib for x in parts), total / gib, total / gib <= hw.memory_gb * 1e9 / gib * 0.95, hardware, tokens,
-                fpt, step, step_tokens / step, mfu, notes)
+    return max(compute, comm_time), step_tokens, fpt
 
+# %% ../nbs/06_memory.ipynb #f5bf43c8
+def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, precision:str='bf16-mixed', optimizer:str='adamw',
+         checkpointing:str='none', hardware:str='h100-80gb', efficiency:float=0.55) -> Plan:
+    "Predict one training step's memory per GPU and its time. `batch_size` is sequences per GPU per micro-batch."
+    cfg, lay = as_model_config(model), layout or Layout()
+    _check_plan(cfg, lay, batch_size, seq_len, precision, optimizer, hardware)
+    L, hw, notes, counts = cfg.num_hidden_layers, HARDWARE[hardware], [], parameter_counts(cfg)
+    layers_here = math.ceil(L / lay.pp)
+    # the fuller pipeline stage: the first holds the embedding; with one stage, everything
+    local = (counts['blocks'] / L * layers_here / lay.tp + counts['block_norms'] / L * layers_here + counts['embedding']
+             + (counts['head'] + counts['norm'] if lay.pp == 1 else 0))
+    p_bytes, g_bytes, o_bytes = PRECISIONS[precision]
+    params = local * p_bytes / (lay.fsdp if lay.zero_stage >= 3 else 1)
+    grads = local * g_bytes / (lay.fsdp if lay.zero_stage >= 2 else 1)
+    opt = local * o_bytes * OPTIMIZER_STATE[optimizer] / (lay.fsdp if lay.zero_stage >= 1 else 1)
+    # activations: the micro-batches a stage holds at once (1F1B: up to pp of them on the first stage)
+    tokens, act_prec = batch_size * seq_len, 'fp32' if precision == 'fp32' else 'bf16'
+    per_layer, recompute = _kept_and_recomputed(cfg, lay, tokens, act_prec, checkpointing)
+    if checkpointing == 'offload': notes.append('offloaded activations live in host memory')
+    outside = ((4 if act_prec == 'fp32' else 2) + 12) * cfg.hidden_size * tokens        # embedding output and the final norm's tensors
+    stored = per_layer * layers_here * (min(lay.micro_batches, lay.pp) if lay.pp > 1 else 1)
+    logits = (12 if act_prec == 'fp32' else 14) * cfg.vocab_size * tokens if lay.pp == 1 else 0.0
+    block_params, comm = counts['blocks'] / L / lay.tp, 0.0
+    if lay.fsdp > 1 and lay.zero_stage >= 3: comm += 2 * block_params * (2 if precision != 'fp32' else p_bytes) + block_params * 4
+    elif precision == 'bf16-mixed': comm += 2 * block_params * 2     # bf16 working copies of the blocks being computed
+    if lay.pp > 1: comm += 2 * 2 * tokens * cfg.hidden_size
+    # three moments compete for the peak: the loss (every stored activation and the logits), the first recomputed block
+    # (stored activations, that block's, the output layer's gradient), the end of the backward pass (every gradient)
+    head_grad = (counts['head'] or counts['embedding']) * g_bytes / (lay.fsdp if lay.zero_stage >= 2 else 1) if lay.pp == 1 else 0.0
+    moments = {'loss': stored + outside + logits, 'recompute': stored + recompute + head_grad, 'gradients': grads + recompute + outside}
+    activations = max(moments['loss'] - logits, moments['recompute'] - head_grad)
+    total = params + opt + comm + max(moments.values())
+    notes.append(f"peak at the {max(moments, key=moments.get)}")
+    step, step_tokens, fpt = _step_seconds(cfg, lay, hw, tokens, seq_len, local, checkpointing, efficiency, notes)
+    mfu, gib = step_tokens * fpt / (step * lay.world_size * hw.peak_tflops * 1e12), 2**30
+    return Plan(*(x / gib for x in (params, grads, opt, activations, logits, comm)), total / gib,
+                total / gib <= hw.memory_gb * 1e9 / gib * 0.95, hardware, tokens, fpt, step, step_tokens / step, mfu, notes)
+
+# %% ../nbs/06_memory.ipynb #fbc7e1be
 def implied_throughput(model, tokens_per_second:float, n_gpus:int, seq_len:int=8192, hardware:str='a100-80gb') -> dict:
     "What a claimed training throughput requires of each GPU, against the hardware's peak."
     cfg, hw = as_model_config(model), HARDWARE[hardware]
@@ -295,95 +306,3 @@ def simulate_sharding(cfg:ModelConfig=LLAMA3_70B, world_size:int=64, tp:int=1, p
                 'total_parameters': sum(p.numel() for p in model.parameters()), 'problems': problems}
     finally:
         dist.destroy_process_group()
-
-# %% ../nbs/06_memory.ipynb #d2d246d6
-class QuantizedLinear(nn.Module):
-    "A linear layer whose weight is stored in int8 (per output row) or int4 (per group of inputs, two per byte)."
-    def __init__(self, in_features:int, out_features:int, bits:int=8, group_size:int=64, bias:bool=False):
-        super().__init__()
-        if bits not in (4, 8): raise ValueError(f"bits={bits}: choose 8 or 4")
-        if bits == 4 and in_features % group_size: raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
-        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
-        if bits == 8:
-            self.register_buffer('qweight', torch.zeros(out_features, in_features, dtype=torch.int8))
-            self.register_buffer('scales', torch.ones(out_features, 1))
-        else:
-            self.register_buffer('qweight', torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-            self.register_buffer('scales', torch.ones(out_features, in_features // group_size))
-            self.register_buffer('mins', torch.zeros(out_features, in_features // group_size))
-        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-
-    @classmethod
-    def from_linear(cls, linear:nn.Linear, bits:int=8, group_size:int=64) -> 'QuantizedLinear':
-        q = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None)
-        w = linear.weight.detach().float()
-        if bits == 8:
-            scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
-            q.qweight.copy_(torch.round(w / scale).clamp(-127, 127).to(torch.int8)); q.scales.copy_(scale)
-        else:
-            g = w.view(w.shape[0], -1, group_size)
-            lo, hi = g.amin(-1), g.amax(-1)
-            scale = (hi - lo).clamp_min(1e-12) / 15
-            codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).view(w.shape[0], -1)
-            q.qweight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4)); q.scales.copy_(scale); q.mins.copy_(lo)
-        if linear.bias is not None: q.bias.data.copy_(linear.bias.detach())
-        return q
-
-    def dequantize(self, dtype=torch.float32) -> Tensor:
-        "The weight `(out_features, in_features)` this layer computes with."
-        if self.bits == 8: return (self.qweight.to(dtype) * self.scales.to(dtype))
-        codes = torch.stack([self.qweight & 0xF, self.qweight >> 4], -1).view(self.out_features, -1, self.group_size)
-        w = codes.to(dtype) * self.scales.to(dtype)[..., None] + self.mins.to(dtype)[..., None]
-        return w.view(self.out_features, self.in_features)
-
-    def forward(self, x:Tensor) -> Tensor:
-        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-    def extra_repr(self): return f'{self.in_features}, {self.out_features}, bits={self.bits}' + (f', group_size={self.group_size}' if self.bits == 4 else '')
-
-def quantize(model:nn.Module, bits:int=8, group_size:int=64, skip:tuple=('lm_head',)) -> nn.Module:
-    "Replace the linear layers of `model` (except those named in `skip`) by `QuantizedLinear`, in place."
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            full = f'{parent_name}.{name}' if parent_name else name
-            if isinstance(child, nn.Linear) and not any(full == s or full.endswith('.' + s) for s in skip):
-                setattr(parent, name, QuantizedLinear.from_linear(child, bits, group_size))
-    model.quantization = {'bits': bits, 'group_size': group_size, 'skip': list(skip)}
-    return model
-
-def weight_bytes(model:nn.Module) -> int:
-    "Bytes of every parameter and buffer (tied tensors counted once)."
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() in seen: continue
-        seen.add(t.data_ptr()); total += t.numel() * t.element_size()
-    return total
-
-def save_quantized(model:Llama, path) -> Path:
-    "Write a quantized llmlab model as `model.safetensors` + `config.json` + `quantization.json` (atomically)."
-    import shutil, tempfile as _tf
-    from safetensors.torch import save_file
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(_tf.mkdtemp(dir=path.parent, prefix=f'.{path.name}.'))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings: state.pop('lm_head.weight', None)
-    save_file(state, tmp / 'model.safetensors')
-    (tmp / 'config.json').write_text(json.dumps(model.config.to_dict(), indent=1))
-    (tmp / 'quantization.json').write_text(json.dumps(model.quantization))
-    if path.exists(): shutil.rmtree(path)
-    tmp.rename(path)
-    return path
-
-def load_quantized(path) -> Llama:
-    "A quantized llmlab model written by `save_quantized`."
-    from safetensors.torch import load_file
-    path = Path(path)
-    if not (path / 'quantization.json').exists(): raise FileNotFoundError(f"{path} has no quantization.json: not written by save_quantized")
-    q = json.loads((path / 'quantization.json').read_text())
-    with torch.device('meta'): model = Llama(ModelConfig.from_dict(json.loads((path / 'config.json').read_text())))
-    model = quantize(model.to_empty(device='cpu'), q['bits'], q['group_size'], tuple(q['skip']))
-    missing, unexpected = model.load_state_dict(load_file(path / 'model.safetensors'), strict=False)
-    missing = [k for k in missing if not (k == 'lm_head.weight' and model.config.tie_word_embeddings)]
-    if missing or unexpected: raise ValueError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.tie_weights(); model.rotary.reset()
-    return model

@@ -8,20 +8,23 @@ Docs: https://llmlab.github.io/llmlab/model.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import Config, ConfigError
+from fastcore.basics import patch
+
+from .core import Config, ConfigError, Registry
 from .attention import attention_backends
 
 # %% auto #0
-__all__ = ['ROPE_SCALINGS', 'ModelConfig', 'RMSNorm', 'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary',
-           'Attention', 'MLP', 'Block', 'KVCache', 'Llama', 'causal_lm_loss', 'perplexity', 'apply_repetition_penalty',
-           'top_k_filter', 'top_p_filter', 'generate']
+__all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'ModelConfig', 'small_init', 'normal_init', 'MLP', 'ReLU2MLP', 'RMSNorm',
+           'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache',
+           'positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity',
+           'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'pick_next_tokens', 'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
 @dataclass
@@ -37,52 +40,99 @@ class ModelConfig(Config):
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: Optional[dict] = None        # {'rope_type': 'llama3' | 'linear', 'factor': ..., ...}
+    rope_scaling: Optional[dict] = None        # {'rope_type': 'llama3' | 'linear', 'factor': ..., ...}: `rope_scalings`
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
-    initializer_range: float = 0.02
+    init: str = 'small'                        # how a new model's weights are drawn: a name in `init_schemes`
+    initializer_range: float = 0.02            # the standard deviation of init='normal' (Hugging Face's)
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[Union[int, list[int]]] = None
     pad_token_id: Optional[int] = None
-    attn_backend: str = 'sdpa'
+    attn_backend: str = 'sdpa'                 # a name in `attention_backends`
     # recipe options a researcher ablates (the GPT-2 speed-runs' gains); all off, so Hugging Face checkpoints load unchanged
     qk_norm: bool = False                      # RMSNorm on each head's queries and keys before the rotation (as Qwen3, OLMo 2)
-    mlp: Literal['swiglu', 'relu2'] = 'swiglu' # 'relu2': down(relu(up(x))^2), no gate (modded-nanogpt)
+    mlp: str = 'swiglu'                        # a name in `mlp_kinds`: 'relu2' is down(relu(up(x))^2), no gate (modded-nanogpt)
     zero_init_output: bool = False             # o_proj and down_proj start at zero, so every block starts as the identity
     logit_softcap: Optional[float] = None      # logits = cap * tanh(logits / cap) (Gemma 2's final_logit_softcapping)
 
-    def validate(self):
-        for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads'):
-            if getattr(self, name) <= 0: raise ConfigError(f"{self._where(name)}={getattr(self, name)} must be positive")
-        if self.num_key_value_heads is None: self.num_key_value_heads = self.num_attention_heads
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"{self._where('num_key_value_heads')}={self.num_key_value_heads} must divide "
-                              f"num_attention_heads={self.num_attention_heads}")
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ConfigError(f"{self._where('hidden_size')}={self.hidden_size} is not divisible by "
-                                  f"num_attention_heads={self.num_attention_heads}; set head_dim explicitly")
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.head_dim % 2: raise ConfigError(f"{self._where('head_dim')}={self.head_dim} must be even for rotary embeddings")
-        if self.rope_scaling is not None:
-            kind = self.rope_scaling.get('rope_type', self.rope_scaling.get('type'))
-            if kind not in ROPE_SCALINGS:
-                raise ConfigError(f"{self._where('rope_scaling')}: rope_type={kind!r} is not supported; "
-                                  f"use one of {', '.join(ROPE_SCALINGS)} or None")
-        if self.logit_softcap is not None and self.logit_softcap <= 0:
-            raise ConfigError(f"{self._where('logit_softcap')}={self.logit_softcap} must be positive (or None for no cap)")
-        if self.attn_backend not in attention_backends:
-            raise ConfigError(f"{self._where('attn_backend')}={self.attn_backend!r} is not a registered attention backend; "
-                              f"available: {', '.join(attention_backends.names())}")
+    def validate(self): _check_shape(self); _check_choices(self)
 
     @property
     def eos_token_ids(self) -> list[int]:
         e = self.eos_token_id
         return [] if e is None else [e] if isinstance(e, int) else list(e)
 
+# %% ../nbs/02_model.ipynb #0c646227
+def _check_shape(c:ModelConfig):
+    "Sizes that are positive and divide as attention needs; fills in `num_key_value_heads` and `head_dim`."
+    for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads'):
+        if getattr(c, name) <= 0: raise ConfigError(f"{c._where(name)}={getattr(c, name)} must be positive")
+    if c.num_key_value_heads is None: c.num_key_value_heads = c.num_attention_heads
+    if c.num_attention_heads % c.num_key_value_heads:
+        raise ConfigError(f"{c._where('num_key_value_heads')}={c.num_key_value_heads} must divide num_attention_heads={c.num_attention_heads}")
+    if c.head_dim is None:
+        if c.hidden_size % c.num_attention_heads:
+            raise ConfigError(f"{c._where('hidden_size')}={c.hidden_size} is not divisible by "
+                              f"num_attention_heads={c.num_attention_heads}; set head_dim explicitly")
+        c.head_dim = c.hidden_size // c.num_attention_heads
+    if c.head_dim % 2: raise ConfigError(f"{c._where('head_dim')}={c.head_dim} must be even for rotary embeddings")
+
+def _check_choices(c:ModelConfig):
+    "Names that must be registered (rotary scaling, MLP kind, attention backend) and a positive soft-cap."
+    registries = {'attn_backend': (c.attn_backend, attention_backends), 'mlp': (c.mlp, mlp_kinds), 'init': (c.init, init_schemes)}
+    if c.rope_scaling is not None: registries['rope_scaling'] = (c.rope_scaling.get('rope_type', c.rope_scaling.get('type')), rope_scalings)
+    for field, (name, registry) in registries.items(): registry.check(name, c._where(field))
+    if c.logit_softcap is not None and c.logit_softcap <= 0:
+        raise ConfigError(f"{c._where('logit_softcap')}={c.logit_softcap} must be positive (or None for no cap)")
+
+# %% ../nbs/02_model.ipynb #2d796454
+init_schemes = Registry('init scheme')   # `ModelConfig.init` -> fn(model) drawing a new model's weights in place
+
+def _normal_weights(model:nn.Module, std:float):
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
+
+@init_schemes.register('small')
+def small_init(model:nn.Module):
+    "litgpt's: weights N(0, sqrt(2 / (5 d))); the projections into the residual stream N(0, 1 / (sqrt(d) x layers))."
+    d, L = model.config.hidden_size, model.config.num_hidden_layers
+    _normal_weights(model, math.sqrt(2 / (5 * d)))
+    for block in model.layers:
+        for proj in (block.self_attn.o_proj, block.mlp.down_proj): nn.init.normal_(proj.weight, std=1 / (math.sqrt(d) * L))
+
+@init_schemes.register('normal')
+def normal_init(model:nn.Module):
+    "Hugging Face's: every weight N(0, initializer_range)."
+    _normal_weights(model, model.config.initializer_range)
+
+# %% ../nbs/02_model.ipynb #6dc65f1a
+mlp_kinds = Registry('mlp kind')   # `ModelConfig.mlp` -> the feed-forward module; `gated`: it has a gate_proj (TP plans, FLOPs)
+
+@mlp_kinds.register('swiglu')
+class MLP(nn.Module):
+    "SwiGLU, `down(silu(gate(x)) * up(x))`: LLaMA's MLP."
+    gated = True
+    def __init__(self, config:ModelConfig):
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
+    def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+@mlp_kinds.register('relu2')
+class ReLU2MLP(nn.Module):
+    "`down(relu(up(x))^2)`, no gate: a wider MLP for the same parameters (modded-nanogpt's)."
+    gated = False
+    def __init__(self, config:ModelConfig):
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
+    def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.relu(self.up_proj(x)).square())
+
 # %% ../nbs/02_model.ipynb #444b80e1
 class RMSNorm(nn.Module):
+    "x / sqrt(mean(x^2) + eps) * weight, the statistic in float32 whatever the input dtype (as the reference LLaMA)."
     def __init__(self, dim:int, eps:float=1e-5):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
@@ -93,8 +143,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 # %% ../nbs/02_model.ipynb #32a94f17
-def _linear_scaling(inv_freq:Tensor, s:dict) -> Tensor: return inv_freq / s['factor']
+rope_scalings = Registry('rope scaling')   # how `rope_scaling` stretches the frequencies: f(inv_freq, rope_scaling dict)
+rope_scalings.register('default', lambda inv_freq, s: inv_freq)
+rope_scalings.register('linear', lambda inv_freq, s: inv_freq / s['factor'])
 
+@rope_scalings.register('llama3')
 def _llama3_scaling(inv_freq:Tensor, s:dict) -> Tensor:
     factor, low, high, old_len = s['factor'], s['low_freq_factor'], s['high_freq_factor'], s['original_max_position_embeddings']
     wavelen = 2 * math.pi / inv_freq
@@ -104,15 +157,14 @@ def _llama3_scaling(inv_freq:Tensor, s:dict) -> Tensor:
     in_between = (wavelen >= old_len / high) & (wavelen <= old_len / low)
     return torch.where(in_between, blended, scaled)
 
-ROPE_SCALINGS = {'default': lambda f, s: f, 'linear': _linear_scaling, 'llama3': _llama3_scaling}
-
 def rope_frequencies(config:ModelConfig) -> Tensor:
     "The inverse frequencies `(head_dim // 2,)` of the rotary embedding, scaled as `config.rope_scaling` says."
     d = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     s = config.rope_scaling or {}
-    return ROPE_SCALINGS[s.get('rope_type', s.get('type', 'default'))](inv_freq, s)
+    return rope_scalings[s.get('rope_type', s.get('type', 'default'))](inv_freq, s)
 
+# %% ../nbs/02_model.ipynb #ca685187
 class RotaryEmbedding(nn.Module):
     "Cosines and sines of the rotation angles for given positions."
     def __init__(self, config:ModelConfig):
@@ -140,6 +192,7 @@ def apply_rotary(x:Tensor, cos:Tensor, sin:Tensor) -> Tensor:
 
 # %% ../nbs/02_model.ipynb #07543307
 class Attention(nn.Module):
+    "Grouped-query attention: project, rotate, cache, attend through the configured backend, project back."
     def __init__(self, config:ModelConfig, layer_idx:int):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
@@ -164,25 +217,14 @@ class Attention(nn.Module):
         y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-class MLP(nn.Module):
-    "SwiGLU, `down(silu(gate(x)) * up(x))`, or with `config.mlp='relu2'` `down(relu(up(x))^2)`."
-    def __init__(self, config:ModelConfig):
-        super().__init__()
-        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        if config.mlp == 'swiglu': self.gate_proj = nn.Linear(h, i, bias=bias)
-        self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
-
-    def forward(self, x:Tensor) -> Tensor:
-        if hasattr(self, 'gate_proj'): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(F.relu(self.up_proj(x)).square())
-
 class Block(nn.Module):
+    "Two pre-norm residual branches: attention, then the MLP."
     def __init__(self, config:ModelConfig, layer_idx:int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = mlp_kinds[config.mlp](config)
 
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache:KVCache|None=None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
@@ -211,6 +253,20 @@ class KVCache:
         "Keep batch rows `index` (beam search)."
         self.k, self.v = self.k[:, index], self.v[:, index]
 
+# %% ../nbs/02_model.ipynb #64da2923
+def positions_and_mask(input_ids:Tensor, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
+                       past:int=0) -> tuple[Tensor, Tensor|None]:
+    "Positions of the new tokens (counting real tokens only) and the key mask for attention (None: nothing masked)."
+    B, T = input_ids.shape
+    mask = None
+    if attention_mask is not None:
+        if attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new) = {(B, past + T)}")
+        if position_ids is None: position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        if not attention_mask.all(): mask = attention_mask.bool()[:, None, None, :]
+    if position_ids is None: position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+    return position_ids, mask
+
 # %% ../nbs/02_model.ipynb #143404ad
 class Llama(nn.Module):
     "A LLaMA-family causal language model."
@@ -226,23 +282,19 @@ class Llama(nn.Module):
         if not self.embed_tokens.weight.is_meta: self.reset_parameters()
 
     def reset_parameters(self):
-        "Normal(0, initializer_range) weights, zero biases; with `zero_init_output` zero attention and MLP output projections."
-        self.apply(self._init_weights)
+        "New weights as `config.init` says; with `zero_init_output` zero attention and MLP output projections."
+        init_schemes[self.config.init](self)
         if self.config.zero_init_output:
             for block in self.layers: nn.init.zeros_(block.self_attn.o_proj.weight); nn.init.zeros_(block.mlp.down_proj.weight)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings: self.lm_head.weight = self.embed_tokens.weight
 
-    def _init_weights(self, m:nn.Module):
-        if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=self.config.initializer_range)
-        if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
-
     def forward(self, input_ids:Tensor, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
                 cache:KVCache|None=None, logits_to_keep:int=0) -> Tensor:
         "Logits `(batch, seq, vocab)` (the last `logits_to_keep` positions only when it is > 0)."
         past = cache.length if cache is not None else 0
-        position_ids, mask = self.positions_and_mask(input_ids, attention_mask, position_ids, past)
+        position_ids, mask = positions_and_mask(input_ids, attention_mask, position_ids, past)
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
         for block in self.layers: x = block(x, cos, sin, mask, cache)
@@ -256,42 +308,42 @@ class Llama(nn.Module):
         cap = self.config.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
 
-    def positions_and_mask(self, input_ids:Tensor, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
-                           past:int=0) -> tuple[Tensor, Tensor|None]:
-        "Positions of the new tokens (counting real tokens only) and the key mask for attention (None: nothing masked)."
-        B, T = input_ids.shape
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (B, past + T):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new) = {(B, past + T)}")
-            if position_ids is None: position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            if not attention_mask.all(): mask = attention_mask.bool()[:, None, None, :]
-        if position_ids is None: position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        return position_ids, mask
+# %% ../nbs/02_model.ipynb #2e6da556
+@patch
+def make_cache(self:Llama, batch_size:int, max_len:int) -> KVCache:
+    "An empty KV cache for `batch_size` rows of up to `max_len` positions, in the model's dtype and device."
+    p = self.embed_tokens.weight
+    return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
 
-    def make_cache(self, batch_size:int, max_len:int) -> KVCache:
-        p = self.embed_tokens.weight
-        return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
+@patch
+def set_attn_backend(self:Llama, name:str) -> Llama:
+    "Switch every layer to the attention backend registered as `name`."
+    attention_backends[name]  # fails with the list of names if unknown
+    self.config.attn_backend = name
+    return self
 
-    def set_attn_backend(self, name:str):
-        "Switch every layer to the attention backend registered as `name`."
-        attention_backends[name]  # fails with the list of names if unknown
-        self.config.attn_backend = name
-        return self
-
-    def num_parameters(self) -> int: return sum(p.numel() for p in self.parameters())
+@patch
+def num_parameters(self:Llama) -> int: return sum(p.numel() for p in self.parameters())
 
 # %% ../nbs/02_model.ipynb #12eca3c5
-def causal_lm_loss(logits:Tensor, labels:Tensor, ignore_index:int=-100, reduction:str='mean') -> Tensor:
-    "Cross-entropy of `logits[:, t]` against `labels[:, t + 1]`, in float32."
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                           ignore_index=ignore_index, reduction=reduction)
+def next_token_targets(input_ids:Tensor, attention_mask:Tensor|None=None, ignore_index:int=-100) -> Tensor:
+    "The token each position predicts: `input_ids` shifted left by one; the last position and padded tokens are `ignore_index`."
+    targets = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, ignore_index)
+    return F.pad(targets[:, 1:], (0, 1), value=ignore_index)
+
+def token_logprobs(logits:Tensor, targets:Tensor, ignore_index:int=-100) -> Tensor:
+    "log P(`targets[..., t]`) under `logits[..., t, :]`, in float32, shaped like `targets`; 0 where a target is `ignore_index`."
+    nll = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=ignore_index, reduction='none')
+    return -nll.view(targets.shape)
+
+def lm_loss(logits:Tensor, targets:Tensor, ignore_index:int=-100) -> Tensor:
+    "Mean next-token cross-entropy (float32) over the targets that are not `ignore_index`."
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=ignore_index)
 
 @torch.no_grad()
 def perplexity(model:nn.Module, input_ids:Tensor, attention_mask:Tensor|None=None) -> float:
     "exp of the mean next-token loss over the (unmasked) tokens of `input_ids`."
-    labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
-    return math.exp(causal_lm_loss(model(input_ids, attention_mask=attention_mask), labels).item())
+    return math.exp(lm_loss(model(input_ids, attention_mask=attention_mask), next_token_targets(input_ids, attention_mask)).item())
 
 # %% ../nbs/02_model.ipynb #019792ce
 def apply_repetition_penalty(scores:Tensor, seen:Tensor, penalty:float) -> Tensor:
@@ -315,6 +367,16 @@ def top_p_filter(scores:Tensor, p:float) -> Tensor:
     drop_sorted[..., 0] = False                     # always keep the most likely token
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return scores.masked_fill(drop, float('-inf'))
+
+def pick_next_tokens(logits:Tensor, seq:Tensor, do_sample:bool=False, temperature:float=1.0, top_k:int|None=None,
+                     top_p:float|None=None, repetition_penalty:float=1.0, generator:torch.Generator|None=None) -> Tensor:
+    "One step's next tokens `(batch,)` from the last logits: the processors above in Hugging Face's order, then argmax or a draw."
+    scores = apply_repetition_penalty(logits.float(), seq, repetition_penalty)
+    if not do_sample: return scores.argmax(-1)
+    scores = scores / temperature
+    if top_k: scores = top_k_filter(scores, top_k)
+    if top_p is not None and top_p < 1.0: scores = top_p_filter(scores, top_p)
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
 
 # %% ../nbs/02_model.ipynb #321099ad
 class _Stopper:
@@ -340,6 +402,21 @@ def _stream(streamer, tokens:Tensor):
     else: streamer(tokens)
 
 # %% ../nbs/02_model.ipynb #35af3873
+def _special_ids(model:Llama, eos_token_id, pad_token_id) -> tuple[list[int], int]:
+    "The end-of-sequence ids (the argument, else the config's) and the padding id (else the config's, else the first end id, else 0)."
+    eos_ids = model.config.eos_token_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else model.config.pad_token_id
+    return eos_ids, pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+
+def _prompt_cache(model:Llama, cache:KVCache|None, B:int, T0:int, max_new_tokens:int) -> KVCache:
+    "A new cache for the prompts and continuations, or `cache` (a shared prefix already in it) when it fits."
+    if cache is None: return model.make_cache(B, T0 + max_new_tokens)
+    if cache.length >= T0 or cache.max_len < T0 + max_new_tokens or cache.k.shape[1] != B:
+        raise ValueError(f"cache holds {cache.length} of {cache.max_len} positions for {cache.k.shape[1]} rows; generating needs fewer "
+                         f"than the prompt's {T0} cached and room for {T0 + max_new_tokens} in {B} rows")
+    return cache
+
+# %% ../nbs/02_model.ipynb #9ec73ec4
 @torch.no_grad()
 def generate(model:Llama, input_ids:Tensor, attention_mask:Tensor|None=None, *, max_new_tokens:int=32,
              do_sample:bool=False, temperature:float=1.0, top_k:int|None=None, top_p:float|None=None,
@@ -355,37 +432,22 @@ def generate(model:Llama, input_ids:Tensor, attention_mask:Tensor|None=None, *, 
         raise ValueError("prompts must be left-padded for generation (the last column of attention_mask is 0); "
                          "set tokenizer.padding_side = 'left'")
     if do_sample and temperature <= 0: raise ValueError(f"temperature={temperature} must be > 0 when sampling; use do_sample=False for greedy")
-    eos_ids = model.config.eos_token_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else model.config.pad_token_id
-    pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+    eos_ids, pad = _special_ids(model, eos_token_id, pad_token_id)
     if num_beams > 1:
         if do_sample: raise ValueError("beam search here is deterministic; use num_beams=1 with do_sample=True to sample")
         if cache is not None: raise ValueError("beam search makes its own cache; pass cache=None with num_beams > 1")
         return _beam_search(model, input_ids, attention_mask, max_new_tokens, num_beams, eos_ids, pad,
                             length_penalty, early_stopping, repetition_penalty)
-
-    if cache is None: cache = model.make_cache(B, T0 + max_new_tokens)
-    elif cache.length >= T0 or cache.max_len < T0 + max_new_tokens or cache.k.shape[1] != B:
-        raise ValueError(f"cache holds {cache.length} of {cache.max_len} positions for {cache.k.shape[1]} rows; generating needs fewer "
-                         f"than the prompt's {T0} cached and room for {T0 + max_new_tokens} in {B} rows")
-    stopper = _Stopper(B, eos_ids, stop_strings, tokenizer, input_ids.device)
-    seq = input_ids
+    cache = _prompt_cache(model, cache, B, T0, max_new_tokens)
+    stopper, seq = _Stopper(B, eos_ids, stop_strings, tokenizer, input_ids.device), input_ids
     logits = model(input_ids[:, cache.length:], attention_mask=attention_mask, cache=cache, logits_to_keep=1)[:, -1]
     if streamer is not None and hasattr(streamer, 'put'): streamer.put(input_ids.cpu())
     for _ in range(max_new_tokens):
-        scores = apply_repetition_penalty(logits.float(), seq, repetition_penalty)
-        if do_sample:
-            scores = scores / temperature
-            if top_k: scores = top_k_filter(scores, top_k)
-            if top_p is not None and top_p < 1.0: scores = top_p_filter(scores, top_p)
-            next_tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
-        else: next_tokens = scores.argmax(-1)
-        next_tokens = next_tokens.masked_fill(stopper.finished, pad)
-        seq = torch.cat([seq, next_tokens[:, None]], dim=1)
-        _stream(streamer, next_tokens)
-        if stopper.update(next_tokens, seq[:, T0:]).all(): break
-        logits = model(next_tokens[:, None], attention_mask=torch.cat([attention_mask, torch.ones_like(seq[:, T0:])], 1),
-                       cache=cache)[:, -1]
+        next_tokens = pick_next_tokens(logits, seq, do_sample, temperature, top_k, top_p, repetition_penalty, generator)
+        seq = torch.cat([seq, next_tokens.masked_fill(stopper.finished, pad)[:, None]], dim=1)
+        _stream(streamer, seq[:, -1])
+        if stopper.update(seq[:, -1], seq[:, T0:]).all(): break
+        logits = model(seq[:, -1:], attention_mask=torch.cat([attention_mask, torch.ones_like(seq[:, T0:])], 1), cache=cache)[:, -1]
     if streamer is not None and hasattr(streamer, 'end'): streamer.end()
     return seq
 

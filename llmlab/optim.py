@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 from torch import Tensor
+from fastcore.basics import patch
 
 from .core import ConfigError
 
@@ -33,7 +34,7 @@ def newton_schulz(G:Tensor, steps:int=5, coefficients=NS_COEFFICIENTS, eps:float
         X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
     return X.T if G.shape[0] > G.shape[1] else X
 
-# %% ../nbs/07b_optim.ipynb #8badf12e
+# %% ../nbs/07b_optim.ipynb #f7833a39
 def muon_param_groups(model:nn.Module, lr:float=0.02, adamw_lr:float=3e-4, weight_decay:float=0.1, betas=(0.9, 0.95),
                       eps:float=1e-8, momentum:float=0.95) -> list[dict]:
     """Param groups for `MuonAdamW`: Muon for the 2-d matrices inside the blocks (`layers.*`), AdamW for embeddings, output
@@ -70,30 +71,33 @@ class MuonAdamW(torch.optim.Optimizer):
             else: self._adamw(g, params)
         return loss
 
-    def _muon(self, g, params):
-        from torch.distributed.tensor import DTensor, distribute_tensor
-        for p in params:
-            state = self.state[p]
-            if not state: state['momentum_buffer'] = torch.zeros_like(p)
-            buf = state['momentum_buffer']
-            buf.lerp_(p.grad, 1 - g['momentum'])
-            update = p.grad.lerp(buf, g['momentum']) if self.nesterov else buf
-            dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == 'cuda' else torch.float32)
-            if isinstance(update, DTensor):   # a shard: orthogonalize the whole matrix, keep this rank's part
-                whole = newton_schulz(update.full_tensor(), self.ns_steps, dtype=dtype)
-                ortho = distribute_tensor(whole.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
-            else: ortho = newton_schulz(update, self.ns_steps, dtype=dtype)
-            rows, cols = p.shape
-            p.mul_(1 - g['lr'] * g['weight_decay'])
-            p.add_(ortho, alpha=-g['lr'] * math.sqrt(max(1, rows / cols)))
+# %% ../nbs/07b_optim.ipynb #57766086
+@patch
+def _muon(self:MuonAdamW, g, params):
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    for p in params:
+        state = self.state[p]
+        if not state: state['momentum_buffer'] = torch.zeros_like(p)
+        buf = state['momentum_buffer']
+        buf.lerp_(p.grad, 1 - g['momentum'])
+        update = p.grad.lerp(buf, g['momentum']) if self.nesterov else buf
+        dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == 'cuda' else torch.float32)
+        if isinstance(update, DTensor):   # a shard: orthogonalize the whole matrix, keep this rank's part
+            whole = newton_schulz(update.full_tensor(), self.ns_steps, dtype=dtype)
+            ortho = distribute_tensor(whole.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+        else: ortho = newton_schulz(update, self.ns_steps, dtype=dtype)
+        rows, cols = p.shape
+        p.mul_(1 - g['lr'] * g['weight_decay'])
+        p.add_(ortho, alpha=-g['lr'] * math.sqrt(max(1, rows / cols)))
 
-    def _adamw(self, g, params):
-        from torch.optim.adamw import adamw
-        for p in params:
-            if not self.state[p]:
-                self.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
-                                     exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
-        st = [self.state[p] for p in params]
-        adamw(params, [p.grad for p in params], [s['exp_avg'] for s in st], [s['exp_avg_sq'] for s in st], [],
-              [s['step'] for s in st], foreach=False, amsgrad=False, beta1=g['betas'][0], beta2=g['betas'][1], lr=g['lr'],
-              weight_decay=g['weight_decay'], eps=g['eps'], maximize=False)
+@patch
+def _adamw(self:MuonAdamW, g, params):
+    from torch.optim.adamw import adamw
+    for p in params:
+        if not self.state[p]:
+            self.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+    st = [self.state[p] for p in params]
+    adamw(params, [p.grad for p in params], [s['exp_avg'] for s in st], [s['exp_avg_sq'] for s in st], [],
+          [s['step'] for s in st], foreach=False, amsgrad=False, beta1=g['betas'][0], beta2=g['betas'][1], lr=g['lr'],
+          weight_decay=g['weight_decay'], eps=g['eps'], maximize=False)

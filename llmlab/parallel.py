@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from .model import Llama
+from .model import Llama, mlp_kinds
 
 # %% auto #0
 __all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp', 'parallel_mesh', 'parallelize', 'data_parallel_rank',
@@ -35,7 +35,7 @@ def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
                     ('intermediate_size', cfg.intermediate_size)):
         if n % tp: raise ValueError(f"{name}={n} is not divisible by the tensor-parallel size {tp}; choose a size that divides it")
     for block in model.layers:
-        parallelize_module(block, mesh, tensor_parallel_plan(gated_mlp=cfg.mlp == 'swiglu', qk_norm=cfg.qk_norm))
+        parallelize_module(block, mesh, tensor_parallel_plan(gated_mlp=mlp_kinds[cfg.mlp].gated, qk_norm=cfg.qk_norm))
         block.self_attn.n_heads, block.self_attn.n_kv_heads = cfg.num_attention_heads // tp, cfg.num_key_value_heads // tp
     return model
 

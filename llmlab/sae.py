@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .checkpoints import _swap_into_place
 from .core import LlmlabError, write_json_atomic
 from .interp import check_hook_name, run_with_cache, run_with_hooks
+from .model import token_logprobs
 
 # %% auto #0
 __all__ = ['STORE_META', 'STORE_DATA', 'ARCHITECTURES', 'SAE_CFG', 'SAE_WEIGHTS', 'SAELENS_LAYOUT', 'SAEError', 'token_batches',
@@ -28,7 +29,7 @@ __all__ = ['STORE_META', 'STORE_DATA', 'ARCHITECTURES', 'SAE_CFG', 'SAE_WEIGHTS'
            'save_sae', 'load_sae', 'SAETrainConfig', 'train_sae', 'splice_sae', 'evaluate_sae', 'feature_activations',
            'promoted_tokens', 'FeatureViewer']
 
-# %% ../nbs/11b_sae.ipynb #38ffb610
+# %% ../nbs/11b_sae.ipynb #7fe33208
 class SAEError(LlmlabError, ValueError): "An SAE, SAE file or activation store that does not fit, with the reason and the fix."
 
 STORE_META, STORE_DATA = 'store.json', 'activations.npy'
@@ -77,6 +78,7 @@ class ActivationStore:
         "`n` random rows (all of them when `n` is larger)."
         return self._rows(np.random.default_rng(seed).permutation(len(self))[:n])
 
+# %% ../nbs/11b_sae.ipynb #d0dc005b
 def _flat_tokens(acts:Tensor, skip_first:int) -> Tensor:
     "`(batch, positions, ...)` activations -> `(tokens, width)`, the first `skip_first` positions left out."
     a = acts[:, skip_first:]
@@ -118,7 +120,7 @@ def collect_activations(model, batches:Iterable[Tensor], hook_name:str, path, n_
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return ActivationStore(path)
 
-# %% ../nbs/11b_sae.ipynb #35785a81
+# %% ../nbs/11b_sae.ipynb #fc46635d
 ARCHITECTURES = ('topk', 'standard', 'jumprelu')
 
 @dataclass
@@ -134,6 +136,7 @@ class SAEConfig:
     reshape_activations: str = 'none'        # 'hook_z': (..., heads, d_head) is read flattened
     rescale_acts_by_decoder_norm: bool = False
 
+# %% ../nbs/11b_sae.ipynb #12565765
 class SAE(nn.Module):
     "A sparse autoencoder with SAELens's parameters and maths: `encode` -> sparse feature activations, `decode` -> reconstruction."
     def __init__(self, cfg:SAEConfig):
@@ -177,8 +180,9 @@ class SAE(nn.Module):
 
     def forward(self, x:Tensor) -> Tensor: return self.decode(self.encode(x)).reshape(x.shape).to(x.dtype)
 
-# %% ../nbs/11b_sae.ipynb #3da265e7
+# %% ../nbs/11b_sae.ipynb #a05827c3
 SAE_CFG, SAE_WEIGHTS = 'cfg.json', 'sae_weights.safetensors'
+
 SAELENS_LAYOUT = '6.0.0'
 
 def saelens_cfg(cfg:SAEConfig) -> dict:
@@ -212,6 +216,7 @@ def config_from_saelens(d:dict, where:str='cfg.json') -> SAEConfig:
                      reshape_activations=d.get('reshape_activations') or ('hook_z' if hook.endswith('hook_z') else 'none'),
                      rescale_acts_by_decoder_norm=bool(d.get('rescale_acts_by_decoder_norm', False)))
 
+# %% ../nbs/11b_sae.ipynb #88def3d5
 def save_sae(sae:SAE, path) -> Path:
     "Write `sae` to the folder `path` in SAELens's format; the folder appears complete or not at all."
     from safetensors.torch import save_file
@@ -249,7 +254,7 @@ def load_sae(path, device=None) -> SAE:
     sae.load_state_dict({k: v.float() for k, v in weights.items()})
     return sae.to(device) if device is not None else sae
 
-# %% ../nbs/11b_sae.ipynb #ad5b7645
+# %% ../nbs/11b_sae.ipynb #a1241b07
 @dataclass
 class SAETrainConfig:
     architecture: str = 'topk'               # 'topk' or 'standard' (ReLU + L1)
@@ -285,6 +290,7 @@ def _resample(sae:SAE, opt, dead:Tensor, x:Tensor, err:Tensor, gen:torch.Generat
         for v in opt.state.get(p, {}).values():
             if torch.is_tensor(v) and v.dim(): v[sl] = 0.0
 
+# %% ../nbs/11b_sae.ipynb #8404f228
 def train_sae(store:ActivationStore, cfg:SAETrainConfig|None=None, sae:SAE|None=None, progress:bool=True, **overrides) -> tuple[SAE, list[dict]]:
     "Train a new SAE (or go on training a copy of `sae`) on `store`'s activations; returns it and the log (loss, fraction of variance unexplained, L0, dead fraction)."
     cfg = cfg or SAETrainConfig(**overrides)
@@ -345,8 +351,7 @@ def train_sae(store:ActivationStore, cfg:SAETrainConfig|None=None, sae:SAE|None=
 # %% ../nbs/11b_sae.ipynb #2d7d78d1
 def _next_token_loss(logits:Tensor, ids:Tensor, skip_first:int) -> tuple[float, int]:
     "Summed next-token loss over the predictions made at positions >= skip_first, and their count."
-    lp = logits[:, skip_first:-1].float().log_softmax(-1)
-    nll = -lp.gather(-1, ids[:, skip_first + 1:, None])[..., 0]
+    nll = -token_logprobs(logits[:, skip_first:-1], ids[:, skip_first + 1:])
     return nll.sum().item(), nll.numel()
 
 def splice_sae(sae:SAE, skip_first:int=1, max_norm_ratio:float|None=None):
@@ -409,7 +414,7 @@ def promoted_tokens(model, sae:SAE, feature:int, k:int=10) -> tuple[list[tuple[i
     up, down = logits.topk(k), (-logits).topk(k)
     return list(zip(up.indices.tolist(), up.values.tolist())), list(zip(down.indices.tolist(), (-down.values).tolist()))
 
-# %% ../nbs/11b_sae.ipynb #e16a2601
+# %% ../nbs/11b_sae.ipynb #79f3c9d7
 def _shaded(tokenizer, ids:Tensor, acts:Tensor, top:float) -> str:
     spans = []
     for i, a in zip(ids.tolist(), acts.tolist()):
@@ -418,6 +423,7 @@ def _shaded(tokenizer, ids:Tensor, acts:Tensor, top:float) -> str:
         spans.append(f'<span title="{a:.3f}" style="background:rgba(255,140,0,{alpha:.2f})">{text}</span>')
     return ''.join(spans)
 
+# %% ../nbs/11b_sae.ipynb #f9b89e04
 class FeatureViewer:
     "One SAE feature at a time: density, top-activating contexts with tokens shaded by activation, promoted and suppressed tokens."
     def __init__(self, model, sae:SAE, tokenizer, texts:Iterable[str], seq_len:int=64, n_contexts:int=8, window:int=12, skip_first:int=1):

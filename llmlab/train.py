@@ -6,35 +6,42 @@ Docs: https://llmlab.github.io/llmlab/train.html.md"""
 
 # %% ../nbs/08_train.ipynb #8ab845d0
 from __future__ import annotations
-import atexit, contextlib, gc, json, math, os, resource, shutil, signal, socket, sys, threading, time, weakref
+import atexit, contextlib, gc, json, math, os, resource, shutil, signal, sys, threading, time, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from accelerate.utils import DistributedType
 
 from fastcore.basics import patch
 
-from .core import (CheckpointError, Config, ConfigError, LlmlabError, RunFolder, RunFolderError, _did_you_mean, git_revision,
-                         load_config_file, seed_everything, write_json_atomic)
+from .core import (CheckpointError, Config, ConfigError, Heartbeat, LlmlabError, Registry, RunFolder, RunFolderError,
+                         _did_you_mean, git_revision, load_config_file, seed_everything, write_json_atomic)
 from .data import ResumableSampler, TokenShards, build_shards, demo_corpus, demo_shards, load_corpus, split_documents, train_tokenizer
 from .memory import checkpoint_every, checkpoint_model, model_flops_per_token
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
+from .model import lm_loss
 
 # %% auto #0
-__all__ = ['TRACKERS', 'TRAIN_SECTIONS', 'PARALLELISMS', 'HEARTBEAT_SECONDS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS', 'TrainConfig',
-           'lr_multiplier', 'DataParallel', 'FullyShardedParallel', 'DeepSpeedParallel', 'TrainerState',
+__all__ = ['TRACKERS', 'optimizers', 'schedules', 'parallelisms', 'TRAIN_SECTIONS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS',
+           'TrainConfig', 'lr_multiplier', 'DataParallel', 'FullyShardedParallel', 'DeepSpeedParallel', 'TrainerState',
            'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers', 'flops_per_token', 'MetricsLogger',
-           'Heartbeat', 'read_heartbeats', 'check_run_folder', 'build_optimizer', 'prepare_model', 'NonFiniteLossError',
-           'Trainer', 'read_metrics', 'plot_metrics', 'DataConfig', 'ConfiguredRun', 'build_from_config',
-           'fit_configured', 'train_from_config', 'add_lora']
+           'check_run_folder', 'build_optimizer', 'prepare_model', 'NonFiniteLossError', 'Trainer', 'read_metrics',
+           'plot_metrics', 'DataConfig', 'ConfiguredRun', 'build_from_config', 'fit_configured', 'train_from_config',
+           'add_lora']
 
-# %% ../nbs/08_train.ipynb #4717ab8b
+# %% ../nbs/08_train.ipynb #be2a84dc
 TRACKERS = {'tensorboard': 'tensorboard', 'mlflow': 'mlflow', 'wandb': 'wandb'}   # Accelerate's tracker name -> the package it needs
+
+# The Trainer's extension points, each filled in by its section below (and open to users): a config names an entry
+optimizers = Registry('optimizer')       # TrainConfig.optimizer -> build(model, config): the torch optimizer
+
+schedules = Registry('schedule')         # TrainConfig.schedule -> multiplier(step, config): the factor on the peak lr after warm-up
+
+parallelisms = Registry('parallelism')   # TrainConfig.parallelism -> the strategy class (how processes share the model)
 
 TRAIN_SECTIONS = {   # a config file's sections under `train`, and the TrainConfig fields each holds ('name': the field named like the section)
     'optimizer': ('name', 'lr', 'muon_lr', 'muon_momentum', 'weight_decay', 'betas', 'eps', 'grad_clip'),
@@ -67,6 +74,7 @@ def _flatten_train_sections(d:dict, prefix:str) -> dict:
         else: put(key, value, f"{prefix}.{key}")
     return fields
 
+# %% ../nbs/08_train.ipynb #af8a1988
 def _check_train_config(c):
     "TrainConfig's cross-field checks (its `validate`)."
     for k in ('max_steps', 'batch_size', 'eval_every', 'save_every', 'log_every', 'keep_last', 'max_bad_steps'):
@@ -75,10 +83,11 @@ def _check_train_config(c):
     if not 0 < c.decay_fraction <= 1: raise ConfigError(f"{c._where('decay_fraction')}={c.decay_fraction} must be in (0, 1]")
     for k in c.trackers:
         if k not in TRACKERS: raise ConfigError(f"{c._where('trackers')} has {k!r}; choose from {', '.join(TRACKERS)} ([] for none)")
+    for field, registry in (('optimizer', optimizers), ('schedule', schedules), ('parallelism', parallelisms)):
+        if len(registry): registry.check(getattr(c, field), c._where(field))   # (empty only while this notebook defines them)
     if c.kernels:
-        from llmlab.kernels import KERNELS   # the kernels' own list (imported only when kernels are asked for: it loads Triton)
-        for k in c.kernels:
-            if k not in KERNELS: raise ConfigError(f"{c._where('kernels')} has {k!r}; choose from {', '.join(KERNELS)}")
+        from llmlab.kernels import training_kernels   # imported only when kernels are asked for: it loads Triton
+        for k in c.kernels: training_kernels.check(k, c._where('kernels'))
     if c.activation_checkpointing: checkpoint_every(c.checkpoint_policy)   # an unknown policy fails here, not at step 0
     if c.tp_size < 1: raise ConfigError(f"{c._where('tp_size')}={c.tp_size} must be positive")
     if c.optimizer == 'muon' and c.parallelism == 'deepspeed':
@@ -95,7 +104,7 @@ class TrainConfig(Config):
     max_steps: int = 1000
     batch_size: int = 32                     # sequences per optimizer step, all processes together
     micro_batch_size: Optional[int] = None   # sequences per forward pass per process (default: no accumulation)
-    optimizer: Literal['adamw', 'muon'] = 'adamw'   # 'muon': Muon for the blocks' matrices, AdamW (at `lr`) for the rest
+    optimizer: str = 'adamw'                 # in `optimizers`; 'muon': Muon for the blocks' matrices, AdamW (at `lr`) for the rest
     lr: float = 3e-4
     muon_lr: float = 0.02                    # optimizer='muon': the matrices' learning rate
     muon_momentum: float = 0.95
@@ -103,7 +112,7 @@ class TrainConfig(Config):
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    schedule: Literal['cosine', 'linear', 'wsd', 'constant'] = 'cosine'
+    schedule: str = 'cosine'                 # in `schedules`: cosine, linear, wsd, constant
     warmup_steps: int = 100
     decay_fraction: float = 0.2              # wsd: the last fraction of steps decays
     grad_clip: Optional[float] = 1.0
@@ -123,7 +132,7 @@ class TrainConfig(Config):
     compile: bool = False                    # torch.compile the model
     trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers: tensorboard, mlflow, wandb ([] for none)
     peak_tflops: Optional[float] = None      # the hardware's peak per process, for MFU (e.g. 989 for an H100 in bf16)
-    parallelism: Literal['ddp', 'fsdp', 'deepspeed'] = 'ddp'   # how the processes share the model (one process: no sharing)
+    parallelism: str = 'ddp'                 # in `parallelisms`: ddp, fsdp, deepspeed (one process: no sharing)
     tp_size: int = 1                         # tensor-parallel degree; with parallelism='fsdp' the mesh is (processes / tp_size, tp_size)
     zero_stage: Literal[1, 2, 3] = 3         # DeepSpeed's ZeRO stage (parallelism='deepspeed')
     kernels: list[str] = field(default_factory=list)   # Triton kernels by name: attention, rmsnorm, rope, swiglu, linear_cross_entropy
@@ -151,18 +160,22 @@ class TrainConfig(Config):
         return self.batch_size // (micro * world_size)
 
 # %% ../nbs/08_train.ipynb #935182de
+def _decay_progress(step:int, c:TrainConfig) -> float: return min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+
+schedules.register('constant', lambda step, c: 1.0)
+schedules.register('linear', lambda step, c: 1.0 - (1.0 - c.min_lr_ratio) * _decay_progress(step, c))
+schedules.register('cosine', lambda step, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * _decay_progress(step, c))))
+
+@schedules.register('wsd')
+def _warmup_stable_decay(step:int, c:TrainConfig) -> float:
+    decay_start = int(c.max_steps * (1 - c.decay_fraction))
+    if step < decay_start: return 1.0
+    return 1.0 - (1.0 - c.min_lr_ratio) * min(1.0, (step - decay_start) / max(1, c.max_steps - decay_start))
+
 def lr_multiplier(step:int, c:TrainConfig) -> float:
-    "The factor on the peak learning rate before optimizer step `step` (0-based)."
+    "The factor on the peak learning rate before optimizer step `step` (0-based): linear warm-up, then `schedules[c.schedule]`."
     if c.warmup_steps and step < c.warmup_steps: return (step + 1) / c.warmup_steps
-    if c.schedule == 'constant': return 1.0
-    if c.schedule == 'wsd':
-        decay_start = int(c.max_steps * (1 - c.decay_fraction))
-        if step < decay_start: return 1.0
-        t = (step - decay_start) / max(1, c.max_steps - decay_start)
-        return 1.0 - (1.0 - c.min_lr_ratio) * min(1.0, t)
-    t = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
-    if c.schedule == 'linear': return 1.0 - (1.0 - c.min_lr_ratio) * t
-    return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return schedules[c.schedule](step, c)
 
 # %% ../nbs/08_train.ipynb #6617aa85
 def _accelerator_args(c:TrainConfig) -> dict:
@@ -203,6 +216,12 @@ class DataParallel:
         optimizer.zero_grad(set_to_none=True)
 
     def save(self, acc, folder:Path, model, optimizer, extras:dict): acc.save_state(str(folder))
+
+    close_at_exit = False   # whether the Trainer closes the run when the script ends (see DeepSpeedParallel)
+    def close(self, acc):
+        "Wait for every rank, release what Accelerate holds, destroy the process group."
+        acc.wait_for_everyone(); acc.free_memory(); gc.collect()
+        torch.distributed.destroy_process_group()
 
     def load(self, acc, folder:Path, model, optimizer, extras:dict):
         if (folder / 'dcp').is_dir(): _load_dcp(acc, folder, model, optimizer, extras)   # written by FSDP: loads into any sharding
@@ -298,9 +317,13 @@ class DeepSpeedParallel(DataParallel):
     def full_state_dict(self, acc, model) -> dict:
         return {k: v.cpu() for k, v in (acc.get_state_dict(model) or {}).items()}
 
-PARALLELISMS = {'ddp': DataParallel, 'fsdp': FullyShardedParallel, 'deepspeed': DeepSpeedParallel}
+    # A collective still in flight when Python shuts down (ZeRO-3 gathers ahead) calls back into a finalizing interpreter from
+    # gloo's thread and aborts the process (about 1 run in 10 on CPU) after the run itself has finished: the run closes at exit
+    close_at_exit = True
 
-# %% ../nbs/08_train.ipynb #d041b82c
+parallelisms.register('ddp', DataParallel); parallelisms.register('fsdp', FullyShardedParallel); parallelisms.register('deepspeed', DeepSpeedParallel)
+
+# %% ../nbs/08_train.ipynb #51c99ea5
 class TrainerState:
     "What Accelerate must save besides model and optimizer: counters, the sampler, the best validation loss."
     def __init__(self, sampler:ResumableSampler):
@@ -317,6 +340,7 @@ def latest_checkpoint(run_dir) -> Path|None:
     latest = RunFolder(run_dir).latest_checkpoint()
     return latest['path'] if latest else None
 
+# %% ../nbs/08_train.ipynb #b068cad8
 class Checkpointer:
     """The checkpoints of one run folder, on every rank: `save` writes `checkpoints/step-N` atomically and moves `latest.json`
     to it, keeping the last `keep_last` and the best; `load` restores one. The `parallelism` strategy writes and reads what
@@ -430,51 +454,6 @@ class MetricsLogger:
     def end(self):
         if self.acc.log_with: self.acc.end_training()
 
-# %% ../nbs/08_train.ipynb #8be739da
-HEARTBEAT_SECONDS = 1.0
-
-class Heartbeat:
-    "Rewrites `<run_dir>/ranks/rank-<rank>.json` every `interval` seconds from a thread until `stop(status)`."
-    def __init__(self, run_dir, rank:int, world_size:int, interval:float=HEARTBEAT_SECONDS):
-        self.path = RunFolder(run_dir).ranks / f'rank-{rank:05d}.json'
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.info = {'rank': rank, 'world_size': world_size, 'host': socket.gethostname(), 'pid': os.getpid(),
-                     'started': time.time(), 'status': 'running', 'step': 0}
-        self.interval, self._stopped = interval, threading.Event()
-        self.beat()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f'llmlab-heartbeat-{rank}')
-        self.thread.start()
-
-    def update(self, **fields): self.info.update(fields)
-    def beat(self): write_json_atomic(self.path, {**self.info, 'time': time.time()})
-
-    def _run(self):
-        while not self._stopped.wait(self.interval):
-            try: self.beat()
-            except OSError: pass   # a full disk must not stop training; the rank will look dead, which says something is wrong
-
-    def stop(self, status:str='finished'):
-        self._stopped.set(); self.thread.join()
-        self.info['status'] = status; self.beat()
-
-def _process_gone(pid:int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return True
-    except PermissionError: pass   # someone else's process: it exists
-    return False
-
-def read_heartbeats(run_dir, dead_after:float=5 * HEARTBEAT_SECONDS, now:float|None=None) -> list[dict]:
-    "Each rank's last heartbeat with `state`: running, dead (silent for `dead_after` s or its process gone), finished or failed."
-    now, out = now or time.time(), []
-    for f in sorted(RunFolder(run_dir).ranks.glob('rank-*.json')):
-        try: hb = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError): continue   # replaced while reading: the next look finds it whole
-        hb['age'] = now - hb['time']
-        silent = hb['age'] > dead_after or (hb['host'] == socket.gethostname() and _process_gone(hb['pid']))
-        hb['state'] = hb['status'] if hb['status'] != 'running' else ('dead' if silent else 'running')
-        out.append(hb)
-    return out
-
 # %% ../nbs/08_train.ipynb #9063f802
 RESUMABLE_KEYS = ('run_dir', 'resume', 'max_steps', 'max_minutes', 'progress', 'trackers', 'log_every', 'eval_every', 'eval_batches',
                   'save_every', 'keep_last', 'peak_tflops')   # may differ between a run and its continuation
@@ -495,18 +474,26 @@ def check_run_folder(run_dir, config:TrainConfig):
                              "a new run needs a new run_dir; nothing was written")
 
 # %% ../nbs/08_train.ipynb #298b528e
-def build_optimizer(model, c:TrainConfig) -> torch.optim.Optimizer:
-    "AdamW with weight decay on matrices only, or Muon for the blocks' matrices with that AdamW for the rest (`llmlab.optim`)."
-    if c.optimizer == 'muon':
-        from llmlab.optim import MuonAdamW, muon_param_groups
-        return MuonAdamW(muon_param_groups(model, lr=c.muon_lr, adamw_lr=c.lr, weight_decay=c.weight_decay, betas=c.betas, eps=c.eps,
-                                           momentum=c.muon_momentum))
+@optimizers.register('muon')
+def _muon(model, c:TrainConfig) -> torch.optim.Optimizer:
+    "Muon for the blocks' matrices, AdamW for the rest (`llmlab.optim`)."
+    from llmlab.optim import MuonAdamW, muon_param_groups
+    return MuonAdamW(muon_param_groups(model, lr=c.muon_lr, adamw_lr=c.lr, weight_decay=c.weight_decay, betas=c.betas, eps=c.eps,
+                                       momentum=c.muon_momentum))
+
+@optimizers.register('adamw')
+def _adamw(model, c:TrainConfig) -> torch.optim.Optimizer:
+    "AdamW with weight decay on matrices only."
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     from torch.distributed.tensor import DTensor
     mixed = len({isinstance(p, DTensor) for p in decay + no_decay}) > 1   # TP alone: the fused multi-tensor path cannot mix the two
     return torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
                              lr=c.lr, betas=c.betas, eps=c.eps, foreach=not mixed)
+
+def build_optimizer(model, c:TrainConfig) -> torch.optim.Optimizer:
+    "The optimizer `c.optimizer` names in `optimizers`."
+    return optimizers[c.optimizer](model, c)
 
 def prepare_model(model, c:TrainConfig, mesh=None, device=None):
     """Apply to `model`, from outside and in this order: the Triton kernels `c.kernels` names, activation checkpointing,
@@ -520,9 +507,9 @@ def prepare_model(model, c:TrainConfig, mesh=None, device=None):
     return model
 
 def _loss(model, batch) -> torch.Tensor:
+    "Next-token loss of a batch whose `labels` are aligned with its `input_ids` (a packed block's next tokens)."
     out = model(batch['input_ids'])
-    logits = out if isinstance(out, torch.Tensor) else out.logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch['labels'].flatten(), ignore_index=-100)
+    return lm_loss(out if isinstance(out, torch.Tensor) else out.logits, batch['labels'])
 
 def _loss_for(c:TrainConfig, acc, loss_fn:Callable) -> Callable:
     "`loss_fn`, or the fused chunked loss when `kernels` names `linear_cross_entropy` (a loss, not a layer)."
@@ -557,15 +544,16 @@ def _close_at_exit(trainer_ref):
     trainer = trainer_ref()
     if trainer is not None and getattr(sys, 'last_value', None) is None: trainer.close()
 
-# %% ../nbs/08_train.ipynb #9cc3b9da
+# %% ../nbs/08_train.ipynb #6b22de3a
 class Trainer:
+    "Trains a causal LM on token blocks as `TrainConfig` says, through a parallelism strategy, into a run folder."
     def __init__(self, model, config:TrainConfig, train_data, val_data=None, callbacks:Sequence=(), accelerator=None,
                  loss_fn:Callable=_loss):
         c = config
         self.config, self.train_data, self.val_data, self.callbacks = c, train_data, val_data, list(callbacks)
         if c.mixed_precision == 'fp16' and not torch.cuda.is_available():
             raise ConfigError("mixed_precision='fp16' needs a GPU (Accelerate ignores it on the CPU); use 'bf16' or 'no'")
-        self.parallelism = PARALLELISMS[c.parallelism](c)
+        self.parallelism = parallelisms[c.parallelism](c)
         acc = self.accelerator = accelerator or self.parallelism.accelerator()
         self.mesh = self.parallelism.setup(acc)
         self.dp_rank, self.dp_size = data_parallel_rank(self.mesh) if self.mesh is not None else (acc.process_index, acc.num_processes)
@@ -589,32 +577,32 @@ class Trainer:
         self.checkpoints = Checkpointer(self.run, acc, c.keep_last, self.parallelism)
         self.metrics = MetricsLogger(self.run, acc, c, fpt)
         self.should_stop, self.bad_steps, self.signalled, self.preempted = False, 0, None, False
-        if self.deepspeed and torch.distributed.is_initialized(): atexit.register(_close_at_exit, weakref.ref(self))
+        if self.parallelism.close_at_exit and torch.distributed.is_initialized(): atexit.register(_close_at_exit, weakref.ref(self))
 
-    @property
-    def deepspeed(self) -> bool: return self.config.parallelism == 'deepspeed'
+# %% ../nbs/08_train.ipynb #3d0ddab1
+@patch
+def close(self:Trainer):
+    """End the run's distributed work through the strategy (every rank waits, model and optimizer are released, the process
+    group is destroyed). Call it after the last collective (`full_state_dict` is one); some strategies call it at exit."""
+    if not torch.distributed.is_initialized(): return
+    self.model = self.optimizer = None
+    self.parallelism.close(self.accelerator)
 
-    def close(self):
-        """End the run's distributed work: wait for every rank, release the model and optimizer (and DeepSpeed's engine),
-        destroy the process group. Call it after the last collective (`full_state_dict` is one); DeepSpeed runs call it at exit."""
-        if not torch.distributed.is_initialized(): return
-        # A collective still in flight when Python shuts down (DeepSpeed ZeRO-3 gathers ahead) calls back into a finalizing
-        # interpreter from gloo's thread and aborts the process (about 1 run in 10 on CPU) after the run itself has finished.
-        self.accelerator.wait_for_everyone()
-        self.accelerator.free_memory(); self.model = self.optimizer = None; gc.collect()
-        torch.distributed.destroy_process_group()
+@patch
+def full_state_dict(self:Trainer) -> dict:
+    "The whole model's weights on the CPU, gathered from every rank (a collective: call it on every rank; rank 0 gets them)."
+    return self.parallelism.full_state_dict(self.accelerator, self.model)
 
-    def full_state_dict(self) -> dict:
-        "The whole model's weights on the CPU, gathered from every rank (a collective: call it on every rank; rank 0 gets them)."
-        return self.parallelism.full_state_dict(self.accelerator, self.model)
+@patch
+def save_checkpoint(self:Trainer) -> Path:
+    return self.checkpoints.save(self.state.step, self.state.best_step, **self._checkpoint_args())
 
-    def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(self.state.step, self.state.best_step, **self._checkpoint_args())
+@patch
+def load_checkpoint(self:Trainer, path): self.checkpoints.load(path, **self._checkpoint_args())
 
-    def load_checkpoint(self, path): self.checkpoints.load(path, **self._checkpoint_args())
-
-    def _checkpoint_args(self) -> dict:
-        return dict(model=self.model, optimizer=self.optimizer.optimizer, extras={'trainer': self.state, 'scheduler': self.scheduler})
+@patch
+def _checkpoint_args(self:Trainer) -> dict:
+    return dict(model=self.model, optimizer=self.optimizer.optimizer, extras={'trainer': self.state, 'scheduler': self.scheduler})
 
 # %% ../nbs/08_train.ipynb #cd587a1c
 @patch
@@ -813,7 +801,16 @@ def _tokenizer_for(data:DataConfig, train_docs, run_dir:Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-# %% ../nbs/08_train.ipynb #9c35f228
+# %% ../nbs/08_train.ipynb #b8b642e0
+def _check_model_section(m:dict, data:DataConfig):
+    "The model section, checked before any corpus is read or tokenized (the vocabulary size is the tokenizer's, known later)."
+    if 'pretrained' in m:
+        from llmlab.checkpoints import resolve_source
+        resolve_source(m['pretrained'])
+    else:
+        from llmlab.model import ModelConfig
+        ModelConfig.from_dict({'vocab_size': 2, 'max_position_embeddings': data.block_size, **m}, prefix='model')
+
 def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     "The model, tokenizer and data of a config (a dict, or a YAML/TOML file, with `model`, `data` and `train` sections)."
     d = load_config_file(cfg) if isinstance(cfg, (str, Path)) else dict(cfg)
@@ -821,6 +818,8 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     if unknown: raise ConfigError(f"unknown config sections {sorted(unknown)}; use {', '.join(CONFIG_SECTIONS)}")
     data = DataConfig.from_dict(d.get('data', {}), prefix='data')
     train = TrainConfig.from_dict(d.get('train', {}), prefix='train', **train_overrides)
+    m = dict(d.get('model', {}))
+    _check_model_section(m, data)
     docs = demo_corpus(data.max_docs) if data.corpus == 'demo' else load_corpus(data.corpus, data.text_field)[:data.max_docs]
     tr_docs, va_docs = split_documents(docs, data.val_fraction, data.seed)
     run_dir = Path(train.run_dir)
@@ -831,7 +830,6 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     else:
         tr = TokenShards(build_shards(tr_docs, tok, run_dir / 'data' / 'train', progress=train.progress), data.block_size)
         va = TokenShards(build_shards(va_docs, tok, run_dir / 'data' / 'val', progress=train.progress), data.block_size) if va_docs else None
-    m = dict(d.get('model', {}))
     if 'pretrained' in m:
         from llmlab.checkpoints import load_pretrained
         model = load_pretrained(m.pop('pretrained'), progress=train.progress)
@@ -842,6 +840,7 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
                                              'max_position_embeddings': data.block_size, **m}, prefix='model'))
     return ConfiguredRun(model, tok, data, train, tr, va, sum(len(t.encode()) for t in va_docs))
 
+# %% ../nbs/08_train.ipynb #5fe3bd86
 def fit_configured(run:ConfiguredRun, callbacks:Sequence=()) -> dict:
     "Train a built config; the Trainer's summary with the parameter count, bits per byte and where the run is."
     trainer = Trainer(run.model, run.train, run.train_data, run.val_data, callbacks=callbacks)

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 import ipywidgets as W
 from IPython.display import display
+from fastcore.basics import patch
 
-from .core import RunFolder, RunFolderError
-from .train import read_heartbeats
+from .core import RunFolder, RunFolderError, read_heartbeats
 from .interp import attention_pattern, logit_lens
+from .model import token_logprobs
 
 # %% auto #0
 __all__ = ['METRICS', 'message', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run', 'EvalDashboard', 'token_probabilities',
@@ -47,11 +48,11 @@ def _figure_outputs(output:W.Output, draw):
                        'data': {'image/png': base64.b64encode(png.getvalue()).decode(), 'text/plain': '<training curve>'}},)
 
 class _Widget:
+    "A dashboard: its `.widget` is displayed when the object is the last thing in a cell."
     def _ipython_display_(self): display(self.widget)
 
-# %% ../nbs/12_widgets.ipynb #87285b3f
+# %% ../nbs/12_widgets.ipynb #a7766ac4
 METRICS = ('loss', 'lr', 'grad_norm', 'tokens_per_second', 'mfu', 'peak_memory_mb')
-
 
 def read_run_metrics(run_dir) -> list[dict]:
     "The records of `run_dir/metrics.jsonl` (`RunFolder.read_metrics`: a half-written last line is ignored); an error if there are none yet."
@@ -61,6 +62,7 @@ def read_run_metrics(run_dir) -> list[dict]:
     return run.read_metrics()
 
 class TrainingMonitor(_Widget):
+    "A training run's curves, ranks and controls, read from its run folder (live while it trains, here or in other processes)."
     def __init__(self, run_dir=None, trainer=None, every:int=10, watch:bool|None=None, interval:float=2.0, dead_after:float=5.0):
         if run_dir is None and trainer is None: raise ValueError("give a run folder or a Trainer")
         self.run_dir, self.trainer, self.every = Path(run_dir or trainer.run_dir), trainer, every
@@ -116,79 +118,90 @@ class TrainingMonitor(_Widget):
             ax.set_xlabel('step'); ax.set_ylabel(self.metric.value); ax.legend(loc='best')
         _figure_outputs(self.plot, draw)   # refreshed from the follower and training threads too
 
-    # -- a job in other processes
-    def ranks(self) -> list[dict]:
-        "Each rank's last heartbeat and its state (running, dead, finished, failed)."
-        return read_heartbeats(self.run_dir, dead_after=self.dead_after)
+# %% ../nbs/12_widgets.ipynb #51694a01
+# -- a job in other processes
+@patch
+def ranks(self:TrainingMonitor) -> list[dict]:
+    "Each rank's last heartbeat and its state (running, dead, finished, failed)."
+    return read_heartbeats(self.run_dir, dead_after=self.dead_after)
 
-    def last_checkpoint(self) -> dict|None:
-        "`checkpoints/latest.json` (name, step, path) with its age in seconds, or None."
-        return RunFolder(self.run_dir).latest_checkpoint()
+@patch
+def last_checkpoint(self:TrainingMonitor) -> dict|None:
+    "`checkpoints/latest.json` (name, step, path) with its age in seconds, or None."
+    return RunFolder(self.run_dir).latest_checkpoint()
 
-    def _ranks_table(self, ranks:list[dict]|None=None) -> str:
-        ranks, ckpt = self.ranks() if ranks is None else ranks, self.last_checkpoint()
-        colour = {'running': '#1b7f3a', 'dead': '#b00020', 'failed': '#b00020', 'finished': '#555555', 'preempted': '#b36b00'}
-        num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else '-'
-        rows = ''.join(f"<tr class='llmlab-rank llmlab-rank-{r['state']}'><td>{r['rank']}</td><td>{html.escape(str(r['host']))}</td>"
-                       f"<td>{r['pid']}</td><td style='color:{colour.get(r['state'], '#000')}'><b>{r['state']}</b></td><td>{r['step']}</td>"
-                       f"<td>{num(r.get('tokens_per_second'), ',.0f')}</td><td>{num(r.get('mfu'), '.3%')}</td>"
-                       f"<td>{num(r.get('peak_memory_mb'), ',.0f')}</td><td>{r['age']:.1f} s</td></tr>" for r in ranks)
-        table = ("<table class='llmlab-ranks'><tr><th>rank</th><th>host</th><th>pid</th><th>state</th><th>step</th><th>tokens/s</th>"
-                 f"<th>MFU</th><th>peak MB</th><th>heartbeat</th></tr>{rows}</table>") if ranks else ''
-        alive = sum(r['state'] == 'running' for r in ranks)
-        head = (f"{alive} of {len(ranks)} ranks alive" if ranks else 'no heartbeats yet') + (
-            f"; last checkpoint {html.escape(ckpt['name'])} ({ckpt['age']:.0f} s ago)" if ckpt else '; no checkpoint yet')
-        return f"<div class='llmlab-ranks-summary'>{head}</div>{table}"
+@patch
+def _ranks_table(self:TrainingMonitor, ranks:list[dict]|None=None) -> str:
+    ranks, ckpt = self.ranks() if ranks is None else ranks, self.last_checkpoint()
+    colour = {'running': '#1b7f3a', 'dead': '#b00020', 'failed': '#b00020', 'finished': '#555555', 'preempted': '#b36b00'}
+    num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else '-'
+    rows = ''.join(f"<tr class='llmlab-rank llmlab-rank-{r['state']}'><td>{r['rank']}</td><td>{html.escape(str(r['host']))}</td>"
+                   f"<td>{r['pid']}</td><td style='color:{colour.get(r['state'], '#000')}'><b>{r['state']}</b></td><td>{r['step']}</td>"
+                   f"<td>{num(r.get('tokens_per_second'), ',.0f')}</td><td>{num(r.get('mfu'), '.3%')}</td>"
+                   f"<td>{num(r.get('peak_memory_mb'), ',.0f')}</td><td>{r['age']:.1f} s</td></tr>" for r in ranks)
+    table = ("<table class='llmlab-ranks'><tr><th>rank</th><th>host</th><th>pid</th><th>state</th><th>step</th><th>tokens/s</th>"
+             f"<th>MFU</th><th>peak MB</th><th>heartbeat</th></tr>{rows}</table>") if ranks else ''
+    alive = sum(r['state'] == 'running' for r in ranks)
+    head = (f"{alive} of {len(ranks)} ranks alive" if ranks else 'no heartbeats yet') + (
+        f"; last checkpoint {html.escape(ckpt['name'])} ({ckpt['age']:.0f} s ago)" if ckpt else '; no checkpoint yet')
+    return f"<div class='llmlab-ranks-summary'>{head}</div>{table}"
 
-    def _snapshot(self, ranks:list[dict]):
-        "What changes when the job moves: the metrics file's size and each rank's state and step."
-        m = RunFolder(self.run_dir).metrics
-        return (m.stat().st_size if m.exists() else -1, tuple((r['rank'], r['state'], r['step']) for r in ranks),
-                (self.last_checkpoint() or {}).get('name'))
+@patch
+def _snapshot(self:TrainingMonitor, ranks:list[dict]):
+    "What changes when the job moves: the metrics file's size and each rank's state and step."
+    m = RunFolder(self.run_dir).metrics
+    return (m.stat().st_size if m.exists() else -1, tuple((r['rank'], r['state'], r['step']) for r in ranks),
+            (self.last_checkpoint() or {}).get('name'))
 
-    def watch(self) -> threading.Thread:
-        "Follow the run folder from a thread: redraw when it changes, until every rank has finished or `unwatch()`."
-        if self._watching.is_set(): return self.watcher
-        self._watching.set()
-        def follow():
-            seen = None
-            try:
-                while self._watching.is_set():
-                    ranks = self.ranks()
-                    now = self._snapshot(ranks)
-                    if now != seen: self.refresh(ranks); seen = now
-                    ranks = now[1]
-                    if ranks and all(state in ('finished', 'failed') for _, state, _ in ranks): break
-                    time.sleep(self.interval)
-            except Exception as e:   # say why the view stopped moving rather than die silently in a thread
-                self.status.value = message(f"stopped following {self.run_dir}: {type(e).__name__}: {e}").value
-            finally: self._watching.clear()
-        self.watcher = threading.Thread(target=follow, daemon=True, name='llmlab-monitor')
-        self.watcher.start()
-        return self.watcher
+# %% ../nbs/12_widgets.ipynb #fb5fe95d
+@patch
+def watch(self:TrainingMonitor) -> threading.Thread:
+    "Follow the run folder from a thread: redraw when it changes, until every rank has finished or `unwatch()`."
+    if self._watching.is_set(): return self.watcher
+    self._watching.set()
+    def follow():
+        seen = None
+        try:
+            while self._watching.is_set():
+                ranks = self.ranks()
+                now = self._snapshot(ranks)
+                if now != seen: self.refresh(ranks); seen = now
+                ranks = now[1]
+                if ranks and all(state in ('finished', 'failed') for _, state, _ in ranks): break
+                time.sleep(self.interval)
+        except Exception as e:   # say why the view stopped moving rather than die silently in a thread
+            self.status.value = message(f"stopped following {self.run_dir}: {type(e).__name__}: {e}").value
+        finally: self._watching.clear()
+    self.watcher = threading.Thread(target=follow, daemon=True, name='llmlab-monitor')
+    self.watcher.start()
+    return self.watcher
 
-    def unwatch(self):
-        self._watching.clear()
+@patch
+def unwatch(self:TrainingMonitor):
+    self._watching.clear()
 
-    # -- as a Trainer callback
-    def on_step_end(self, trainer, record):
-        if self.stop_requested: trainer.should_stop = True
-        if self.checkpoint_requested:
-            self.checkpoint_requested = False
-            trainer.save_checkpoint()
-        if record['step'] % self.every == 0: self.refresh()
+# -- as a Trainer callback
+@patch
+def on_step_end(self:TrainingMonitor, trainer, record):
+    if self.stop_requested: trainer.should_stop = True
+    if self.checkpoint_requested:
+        self.checkpoint_requested = False
+        trainer.save_checkpoint()
+    if record['step'] % self.every == 0: self.refresh()
 
-    def on_train_end(self, trainer): self.refresh()
+@patch
+def on_train_end(self:TrainingMonitor, trainer): self.refresh()
 
-    def start(self, trainer=None) -> threading.Thread:
-        "Run `trainer.fit()` in a background thread with this monitor attached; returns the thread."
-        trainer = trainer or self.trainer
-        if self not in trainer.callbacks: trainer.callbacks.append(self)
-        self.thread = threading.Thread(target=trainer.fit, daemon=True)
-        self.thread.start()
-        return self.thread
+@patch
+def start(self:TrainingMonitor, trainer=None) -> threading.Thread:
+    "Run `trainer.fit()` in a background thread with this monitor attached; returns the thread."
+    trainer = trainer or self.trainer
+    if self not in trainer.callbacks: trainer.callbacks.append(self)
+    self.thread = threading.Thread(target=trainer.fit, daemon=True)
+    self.thread.start()
+    return self.thread
 
-# %% ../nbs/12_widgets.ipynb #49dda625
+# %% ../nbs/12_widgets.ipynb #d50d88fa
 def read_eval_run(run_dir) -> dict:
     "The `results/*.json` of an evaluation run folder, by task."
     run_dir = Path(run_dir)
@@ -202,6 +215,7 @@ def read_eval_run(run_dir) -> dict:
     return out
 
 class EvalDashboard(_Widget):
+    "Evaluation runs side by side: scores with intervals, significance against a baseline, and the items behind them."
     def __init__(self, run_dirs, baseline=None):
         self.run_dirs = [Path(r) for r in run_dirs]
         names = [r.name for r in self.run_dirs]
@@ -220,82 +234,90 @@ class EvalDashboard(_Widget):
         self.widget.add_class('llmlab-eval-dashboard')
         self._show_scores(); self._show_significance(); self._update_tasks()
 
-    def scores(self):
-        """One row per run, task and metric: score, bootstrap and CLT standard errors side by side (and the clustered one when
-        the task names clusters), and the 95% interval from the clustered, else CLT, else bootstrap error."""
-        import pandas as pd
-        rows, errors = [], []
-        nan = float('nan')
-        for run in self.run_dirs:
-            try: results = read_eval_run(run)
-            except RunFolderError as e: errors.append(str(e)); continue
-            for task, r in results.items():
-                for metric, v in r['scores'].items():
-                    boot, clt = r.get('stderr', {}).get(metric, nan), r.get('stderr_clt', {}).get(metric, nan)
-                    clustered = r.get('stderr_clustered', {}).get(metric, nan)
-                    se = next((s for s in (clustered, clt, boot) if s == s), nan)          # the first that is not NaN
-                    rows.append({'run': run.name, 'task': task, 'metric': metric, 'score': v, 'stderr_bootstrap': boot,
-                                 'stderr_clt': clt, **({'stderr_clustered': clustered, 'clusters': r.get('n_clusters')} if 'stderr_clustered' in r else {}),
-                                 'ci_low': v - 1.96 * se, 'ci_high': v + 1.96 * se, 'n': r.get('n')})
-        self.errors = errors
-        return pd.DataFrame(rows)
+# %% ../nbs/12_widgets.ipynb #8060a815
+@patch
+def scores(self:EvalDashboard):
+    """One row per run, task and metric: score, bootstrap and CLT standard errors side by side (and the clustered one when
+    the task names clusters), and the 95% interval from the clustered, else CLT, else bootstrap error."""
+    import pandas as pd
+    rows, errors = [], []
+    nan = float('nan')
+    for run in self.run_dirs:
+        try: results = read_eval_run(run)
+        except RunFolderError as e: errors.append(str(e)); continue
+        for task, r in results.items():
+            for metric, v in r['scores'].items():
+                boot, clt = r.get('stderr', {}).get(metric, nan), r.get('stderr_clt', {}).get(metric, nan)
+                clustered = r.get('stderr_clustered', {}).get(metric, nan)
+                se = next((s for s in (clustered, clt, boot) if s == s), nan)          # the first that is not NaN
+                rows.append({'run': run.name, 'task': task, 'metric': metric, 'score': v, 'stderr_bootstrap': boot,
+                             'stderr_clt': clt, **({'stderr_clustered': clustered, 'clusters': r.get('n_clusters')} if 'stderr_clustered' in r else {}),
+                             'ci_low': v - 1.96 * se, 'ci_high': v + 1.96 * se, 'n': r.get('n')})
+    self.errors = errors
+    return pd.DataFrame(rows)
 
-    def significance(self):
-        "Each run against the chosen baseline, paired by item (empty without a baseline)."
-        import pandas as pd
-        from llmlab.eval import compare_runs
-        if self.baseline.value == '(none)': return pd.DataFrame()
-        base = next(r for r in self.run_dirs if r.name == self.baseline.value)
-        return compare_runs(base, [r for r in self.run_dirs if r != base and r.is_dir()], iters=2000)
+@patch
+def significance(self:EvalDashboard):
+    "Each run against the chosen baseline, paired by item (empty without a baseline)."
+    import pandas as pd
+    from llmlab.eval import compare_runs
+    if self.baseline.value == '(none)': return pd.DataFrame()
+    base = next(r for r in self.run_dirs if r.name == self.baseline.value)
+    return compare_runs(base, [r for r in self.run_dirs if r != base and r.is_dir()], iters=2000)
 
-    def items(self):
-        "The items of the selected task in the selected run (prompt, prediction, target, scores)."
-        import pandas as pd
-        run = next((r for r in self.run_dirs if r.name == self.run.value), None)
-        path = RunFolder(run).item_file(self.task.value) if run is not None and self.task.value else None
-        if path is None or not path.exists(): return pd.DataFrame()
-        rows = []
-        for line in path.read_text().splitlines():
-            try: rec = json.loads(line)
-            except json.JSONDecodeError: continue
-            rows.append({'id': rec.get('id'), **{k: v for k, v in rec.items() if k not in ('id', 'scores')},
-                         **{f'score:{k}': v for k, v in rec.get('scores', {}).items()}})
-        df = pd.DataFrame(rows)
-        if self.only_wrong.value and len(df):
-            score_cols = [c for c in df.columns if c.startswith('score:')]
-            if score_cols: df = df[df[score_cols[0]] == 0]
-        return df
+@patch
+def items(self:EvalDashboard):
+    "The items of the selected task in the selected run (prompt, prediction, target, scores)."
+    import pandas as pd
+    run = next((r for r in self.run_dirs if r.name == self.run.value), None)
+    path = RunFolder(run).item_file(self.task.value) if run is not None and self.task.value else None
+    if path is None or not path.exists(): return pd.DataFrame()
+    rows = []
+    for line in path.read_text().splitlines():
+        try: rec = json.loads(line)
+        except json.JSONDecodeError: continue
+        rows.append({'id': rec.get('id'), **{k: v for k, v in rec.items() if k not in ('id', 'scores')},
+                     **{f'score:{k}': v for k, v in rec.get('scores', {}).items()}})
+    df = pd.DataFrame(rows)
+    if self.only_wrong.value and len(df):
+        score_cols = [c for c in df.columns if c.startswith('score:')]
+        if score_cols: df = df[df[score_cols[0]] == 0]
+    return df
 
-    def _show_scores(self):
-        df = self.scores()
-        self.status.value = ''.join(message(e).value for e in self.errors)
-        self.scores_html.value = df.to_html(index=False, float_format=lambda x: f'{x:.4f}') if len(df) else message('no results to show', 'info').value
+# %% ../nbs/12_widgets.ipynb #45182b70
+@patch
+def _show_scores(self:EvalDashboard):
+    df = self.scores()
+    self.status.value = ''.join(message(e).value for e in self.errors)
+    self.scores_html.value = df.to_html(index=False, float_format=lambda x: f'{x:.4f}') if len(df) else message('no results to show', 'info').value
 
-    def _show_significance(self):
-        df = self.significance()
-        self.significance_html.value = (df.to_html(index=False, float_format=lambda x: f'{x:.4g}') if len(df)
-                                        else message('choose a baseline to test the other runs against it', 'info').value)
+@patch
+def _show_significance(self:EvalDashboard):
+    df = self.significance()
+    self.significance_html.value = (df.to_html(index=False, float_format=lambda x: f'{x:.4g}') if len(df)
+                                    else message('choose a baseline to test the other runs against it', 'info').value)
 
-    def _update_tasks(self):
-        run = next((r for r in self.run_dirs if r.name == self.run.value), None)
-        items = RunFolder(run).items if run is not None else None
-        tasks = sorted(p.stem for p in items.glob('*.jsonl')) if items is not None and items.is_dir() else []
-        self.task.options = tasks
-        self.task.value = tasks[0] if tasks else None
-        self._show_items()
+@patch
+def _update_tasks(self:EvalDashboard):
+    run = next((r for r in self.run_dirs if r.name == self.run.value), None)
+    items = RunFolder(run).items if run is not None else None
+    tasks = sorted(p.stem for p in items.glob('*.jsonl')) if items is not None and items.is_dir() else []
+    self.task.options = tasks
+    self.task.value = tasks[0] if tasks else None
+    self._show_items()
 
-    def _show_items(self):
-        df = self.items()
-        self.items_html.value = df.head(50).to_html(index=False) if len(df) else message('no items for this run and task', 'info').value
+@patch
+def _show_items(self:EvalDashboard):
+    df = self.items()
+    self.items_html.value = df.head(50).to_html(index=False) if len(df) else message('no items for this run and task', 'info').value
 
-# %% ../nbs/12_widgets.ipynb #4840836f
+# %% ../nbs/12_widgets.ipynb #245e7355
 def token_probabilities(model, prompt_ids:torch.Tensor, new_ids:torch.Tensor) -> torch.Tensor:
     "The probability the model gave each generated token, one forward pass over prompt and continuation."
     with torch.no_grad():
         ids = torch.cat([prompt_ids, new_ids], -1)[None]
         logits = model(ids) if not hasattr(model, 'model') else model(ids).logits
-        logp = logits[0, prompt_ids.shape[-1] - 1:-1].float().log_softmax(-1)
-    return logp.gather(-1, new_ids[:, None])[:, 0].exp()
+    return token_logprobs(logits[0, prompt_ids.shape[-1] - 1:-1], new_ids).exp()
 
 def _coloured(tokenizer, ids, probs) -> str:
     spans = []
@@ -305,7 +327,9 @@ def _coloured(tokenizer, ids, probs) -> str:
         spans.append(f'<span title="p={p:.3f}" style="background:hsl({hue},70%,85%)">{text}</span>')
     return '<div class="llmlab-generation" style="font-family:monospace;white-space:pre-wrap">' + ''.join(spans) + '</div>'
 
+# %% ../nbs/12_widgets.ipynb #262536d8
 class GenerationPlayground(_Widget):
+    "Sampling controls, streamed replies with each token coloured by its probability, one or two models side by side."
     def __init__(self, models:dict, tokenizer, prompt:str='What is the capital of France?'):
         self.models, self.tokenizer = dict(models), tokenizer
         names = list(self.models)
@@ -358,6 +382,7 @@ class GenerationPlayground(_Widget):
 
 # %% ../nbs/12_widgets.ipynb #059c8579
 class AttentionViewer(_Widget):
+    "One layer and head's attention pattern over a prompt, chosen with sliders."
     def __init__(self, model, tokenizer, prompt:str):
         from llmlab.interp import n_layers
         self.model, self.tokenizer = model, tokenizer
@@ -385,6 +410,7 @@ class AttentionViewer(_Widget):
         _figure_into(self.plot, lambda fig: plot_heatmap(self.pattern(), title, 'key', 'query', self.tokens, self.tokens, ax=fig.add_subplot(111)))
 
 class LogitLensViewer(_Widget):
+    "The logit lens: the top tokens each layer's residual stream predicts at each position."
     def __init__(self, model, tokenizer, prompt:str, k:int=5):
         self.model, self.tokenizer = model, tokenizer
         self.ids = tokenizer(prompt, return_tensors='pt').input_ids
@@ -402,6 +428,7 @@ class LogitLensViewer(_Widget):
 
 # %% ../nbs/12_widgets.ipynb #0e257e02
 class PatchingViewer(_Widget):
+    "Activation patching from a clean into a corrupted prompt, as a heat map over layers and positions."
     def __init__(self, model, tokenizer, clean:str, corrupted:str, answer:str, wrong:str):
         from llmlab.interp import logit_diff_metric
         self.model, self.tokenizer = model, tokenizer

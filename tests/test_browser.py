@@ -1,14 +1,17 @@
 """The dashboards in a real JupyterLab, driven by Playwright with Debian's chromium.
 
-JupyterLab is started on 127.0.0.1 with a random token on a copy of the quickstart tutorial; once the server reports the
+One JupyterLab is started for the module on 127.0.0.1 with a random token; each test puts its notebook (a copy of the
+quickstart tutorial; a notebook watching a job) in its folder and stops its kernel at the end. Once the server reports the
 kernel idle, the test runs all its cells from the Run menu (clicked again if the first cell did not start), waits for
 every dashboard to render in the page, moves one control of each (dropdown, slider, button), then asks the kernel
 (through a cell it types) what the widgets hold, so the check is that the browser's action reached the Python side. A failing cell fails the test at once with its traceback, the cell prompts and the
-server's log. Screenshots go to tests/artifacts/browser/. The server is always stopped.
+server's log. Screenshots go to tests/artifacts/browser/. The server is always stopped, kernels and all.
 """
 import contextlib, json, os, re, shutil, signal, socket, subprocess, sys, textwrap, time, urllib.request
 from pathlib import Path
 import pytest
+
+pytestmark = pytest.mark.xdist_group('browser')   # its tests share one JupyterLab: one worker runs them all
 
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / 'tests' / 'artifacts' / 'browser'
@@ -24,18 +27,18 @@ def free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    with running_lab(tmp_path, ROOT / 'nbs' / 'tutorials' / 'quickstart.ipynb') as served: yield served
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    "One JupyterLab for this module's tests (url, token, folder): each test puts its notebook in the folder and stops its kernel."
+    with running_lab(tmp_path_factory.mktemp('jupyterlab')) as served: yield served
 
 
 @contextlib.contextmanager
-def running_lab(tmp_path, notebook):
-    "JupyterLab serving a copy of `notebook` (url, token, folder); stopped on exit, kernels and all."
+def running_lab(tmp_path):
+    "JupyterLab serving the empty folder `tmp_path/lab` (url, token, folder); stopped on exit, kernels and all."
     if CHROMIUM is None: pytest.fail("chromium is not installed: `make install` installs Debian's chromium (apt-get install chromium)")
     pytest.importorskip('playwright')
     work = tmp_path / 'lab'; work.mkdir()
-    shutil.copy(notebook, work / Path(notebook).name)
     # JupyterLab 4 renders only the cells in view by default: render them all, so every dashboard is in the DOM; no news pop-up
     settings = tmp_path / 'settings' / '@jupyterlab'
     (settings / 'notebook-extension').mkdir(parents=True); (settings / 'apputils-extension').mkdir(parents=True)
@@ -65,6 +68,14 @@ def running_lab(tmp_path, notebook):
         except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
         log.close()
         assert proc.poll() is not None
+
+
+def stop_kernels(lab):
+    "Shut down every kernel the server runs (a test's notebook), through the server's own API."
+    url, token, _ = lab
+    for session in json.loads(urllib.request.urlopen(f'{url}/api/sessions?token={token}', timeout=10).read()):
+        req = urllib.request.Request(f"{url}/api/sessions/{session['id']}?token={token}", method='DELETE')
+        urllib.request.urlopen(req, timeout=30)
 
 
 def set_slider(widget, value):
@@ -127,7 +138,8 @@ def open_and_run(playwright, lab, notebook, viewport):
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(60_000)
-    page.goto(f'{url}/lab/tree/{notebook}?token={token}')
+    # a workspace of its own, reset: the server is shared, and JupyterLab would reopen an earlier test's notebook beside this one
+    page.goto(f'{url}/lab/workspaces/{Path(notebook).stem}/tree/{notebook}?token={token}&reset')
     page.wait_for_selector('.jp-NotebookPanel .jp-CodeCell', timeout=120_000)
     run_all_cells(page, lab)
     return browser, page
@@ -137,6 +149,7 @@ def open_and_run(playwright, lab, notebook, viewport):
 def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
     url, token, work = lab
+    shutil.copy(ROOT / 'nbs' / 'tutorials' / 'quickstart.ipynb', work / 'quickstart.ipynb')
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser, page = open_and_run(p, lab, 'quickstart.ipynb', {'width': 1500, 'height': 1100})
@@ -181,7 +194,7 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             for cls, w in widgets.items(): w.screenshot(path=str(ARTIFACTS / f'{cls}-after.png'))
             page.screenshot(path=str(ARTIFACTS / 'notebook.png'), full_page=False)
         finally:
-            browser.close()
+            browser.close(); stop_kernels(lab)
     state = json.loads(state_file.read_text())
     assert state['metric'] == 'lr' and state['series_is_lr']
     assert state['run'] == 'smollm2'
@@ -213,25 +226,26 @@ JOB = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_monitor_follows_a_two_process_job_and_shows_a_dead_rank(tmp_path):
+def test_monitor_follows_a_two_process_job_and_shows_a_dead_rank(lab, tmp_path):
     """A 2-process torchrun job writes its run folder; a notebook in JupyterLab holds only `TrainingMonitor(run_dir)`. The
     page shows both ranks alive and the curve growing; then one rank is killed and the page marks it dead."""
     import nbformat
     from playwright.sync_api import sync_playwright
-    from llmlab.train import read_heartbeats
+    from llmlab.core import read_heartbeats
     run_dir, script = tmp_path / 'job', tmp_path / 'job.py'
     script.write_text(JOB)
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"from llmlab.widgets import TrainingMonitor\n"
                                           f"monitor = TrainingMonitor({str(run_dir)!r}, interval=0.5, dead_after=5.0)\nmonitor")]
     nb.metadata['kernelspec'] = {'display_name': 'python3', 'language': 'python', 'name': 'python3'}
-    nbformat.write(nb, tmp_path / 'monitor.ipynb')
+    nbformat.write(nb, lab[2] / 'monitor.ipynb')
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     job = subprocess.Popen([str(Path(sys.executable).with_name('torchrun')), '--nproc_per_node', '2', '--master_port', str(free_port()),
                             str(script), str(run_dir)], env={**os.environ, 'OMP_NUM_THREADS': '1'}, start_new_session=True,
                            stdout=open(tmp_path / 'job.log', 'w'), stderr=subprocess.STDOUT)
     try:
-        with running_lab(tmp_path, tmp_path / 'monitor.ipynb') as served, sync_playwright() as p:
+        served = lab
+        with sync_playwright() as p:
             browser, page = open_and_run(p, served, 'monitor.ipynb', {'width': 1300, 'height': 1000})
             try:
                 monitor = page.locator('.llmlab-training-monitor').first
@@ -257,6 +271,6 @@ def test_monitor_follows_a_two_process_job_and_shows_a_dead_rank(tmp_path):
                 print(f'steps on the page: {first_step} -> {shown_step()}; killed rank shown dead after {seconds:.1f} s')
                 assert seconds < 10, seconds
             finally:
-                browser.close()
+                browser.close(); stop_kernels(served)
     finally:
         os.killpg(job.pid, signal.SIGKILL); job.wait()

@@ -1,5 +1,5 @@
 "The `llmlab` command as a user runs it: installed entry point, separate process."
-import os, subprocess, sys
+import subprocess, sys
 from pathlib import Path
 
 LLMLAB = str(Path(sys.executable).with_name('llmlab'))
@@ -59,3 +59,12 @@ def test_train_with_a_setting_in_the_wrong_section_says_where_it_belongs(tmp_pat
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
     assert 'train.optimizer.warmup_steps is not a setting of the optimizer section: it belongs in train.schedule' in r.stderr
     assert not (tmp_path / 'run').exists()   # nothing was written
+
+
+def test_bad_numbers_stop_before_any_work_in_one_line():
+    "What a new user tried: a zero shard count, a negative token budget. Exit 2, one line naming the argument and its range."
+    for args, expected in ((['plan', '--model', 'llama3-70b', '--fsdp', '0'], 'argument --fsdp: 0 is out of range: an integer from 1 to'),
+                           (['generate', 'hi', '--max-new-tokens', '-5'], 'argument --max-new-tokens: -5 is out of range: an integer from 1 to')):
+        r = run(*args, timeout=120)
+        assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+        assert expected in r.stderr, r.stderr

@@ -1,40 +1,31 @@
 "The evaluation pipeline end to end: lm-evaluation-harness agreement, HumanEval in the sandbox, resume after a kill."
 import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
-import pytest, torch
+import torch
 from llmlab.core import assert_close
-from llmlab.eval import (EvalModel, builtin_tasks, evaluate_task, load_humaneval, load_mmlu_dev, load_python_license,
-                         run_evaluation, data_loaders, Task, TaskConfig)
+from llmlab.eval import (EvalModel, builtin_tasks, evaluate_task, load_humaneval, data_loaders, Task)
 
 
-@pytest.mark.slow
-def test_loglikelihoods_match_lm_evaluation_harness(hf_smol, smol, tokenizer, tmp_path, monkeypatch):
-    "Per item, on the same transformers model object, llmlab's log-likelihoods equal HFLM's; accuracies and perplexities are identical."
+def test_loglikelihoods_match_lm_evaluation_harness(hf_smol_short, smol_short, tokenizer, lm_eval_local, tmp_path, monkeypatch):
+    """Per item, on the same transformers model object, llmlab's log-likelihoods equal HFLM's; accuracies and perplexities are
+    identical. lm-eval reads the questions through its own task files (h_mc, h_ppl: conftest.py's `lm_eval_local`), llmlab
+    through its own. On SmolLM2's first layers (conftest.py): the requests, batching and windows are what is compared."""
     monkeypatch.setenv('HF_DATASETS_OFFLINE', '1'); monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    mc, ppl = load_mmlu_dev()[:40], load_python_license()[:3]
-    for name, docs in (('mc', mc), ('ppl', ppl)):
-        (tmp_path / f'{name}.jsonl').write_text('\n'.join(json.dumps(d) for d in docs))
-    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {{f}}\ntest_split: test\n"
-    (tmp_path / 'h_mc.yaml').write_text('task: h_mc\n' + common.format(f=tmp_path / 'mc.jsonl') +
-        'output_type: multiple_choice\ndoc_to_text: "{{text}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{target}}"\n'
-        'metric_list:\n  - metric: acc\n  - metric: acc_norm\n')
-    (tmp_path / 'h_ppl.yaml').write_text('task: h_ppl\n' + common.format(f=tmp_path / 'ppl.jsonl') +
-        'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
-        'metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n')
+    tasks_dir, _, task_manager = lm_eval_local
+    data = tasks_dir.parent                      # mc.jsonl (40 MMLU dev questions), ppl.jsonl (3 pages of CPython's license)
     max_length = 128   # short windows, so the rolling perplexity crosses window boundaries
-    ref = simple_evaluate(model=HFLM(pretrained=hf_smol, tokenizer=tokenizer, batch_size=8, max_length=max_length),
-                          tasks=['h_mc', 'h_ppl'], task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
+    ref = simple_evaluate(model=HFLM(pretrained=hf_smol_short, tokenizer=tokenizer, batch_size=8, max_length=max_length),
+                          tasks=['h_mc', 'h_ppl'], task_manager=task_manager, log_samples=True)
     ref_mc = {int(s['doc_id']): [r[0] for r in s['filtered_resps']] for s in ref['samples']['h_mc']}
     ref_ppl = {int(s['doc_id']): s['filtered_resps'][0] for s in ref['samples']['h_ppl']}
 
-    (tmp_path / 'mc.yaml').write_text(f'task: mc\nkind: multiple_choice\ndata: mc.jsonl\n')
-    (tmp_path / 'ppl.yaml').write_text(f'task: ppl\nkind: perplexity\ndata: ppl.jsonl\n')
+    (tmp_path / 'mc.yaml').write_text(f'task: mc\nkind: multiple_choice\ndata: {data / "mc.jsonl"}\n')
+    (tmp_path / 'ppl.yaml').write_text(f'task: ppl\nkind: perplexity\ndata: {data / "ppl.jsonl"}\n')
     # the same model object as lm-eval's: 1e-4 per item; llmlab's own model on the same weights (SDPA attention, another
     # summation order): 1e-3 per choice and 2e-2 per document (a sum over ~700 tokens)
-    for model, tol, doc_tol in ((hf_smol, 1e-4, 1e-4), (smol, 1e-3, 2e-2)):
+    for model, tol, doc_tol in ((hf_smol_short, 1e-4, 1e-4), (smol_short, 1e-3, 2e-2)):
         lm = EvalModel(model, tokenizer, batch_size=8, max_length=max_length, progress=False)
         ours_mc = evaluate_task(lm, tmp_path / 'mc.yaml', bootstrap_iters=0, progress=False)
         ours_ppl = evaluate_task(lm, tmp_path / 'ppl.yaml', bootstrap_iters=0, progress=False)
@@ -44,7 +35,7 @@ def test_loglikelihoods_match_lm_evaluation_harness(hf_smol, smol, tokenizer, tm
         for it in ours_ppl.items:
             # observed: 0 with lm-eval's own model object, 1.4e-4 with llmlab's model
             assert_close(it['scores']['loglikelihood'], ref_ppl[it['id']], atol=doc_tol, what=f"document log-likelihood, item {it['id']}")
-        if model is hf_smol:
+        if model is hf_smol_short:
             r = ref['results']
             assert ours_mc.scores['acc'] == r['h_mc']['acc,none'] and ours_mc.scores['acc_norm'] == r['h_mc']['acc_norm,none']
             for k in ('word_perplexity', 'byte_perplexity', 'bits_per_byte'):
@@ -144,13 +135,17 @@ def test_standard_format_loaders(tmp_path):
     assert t.choices(t.docs[0]) == ['ice', 'steam'] and t.target(t.docs[0]) == 1
 
 
-def test_eval_command_writes_a_run_folder(tmp_path):
+def test_eval_command_writes_a_run_folder(tmp_path, smol_short_dir):
     llmlab = str(Path(sys.executable).with_name('llmlab'))
-    r = subprocess.run([llmlab, 'eval', '--tasks', 'arithmetic_mc', '--limit', '24', '--run-dir', str(tmp_path / 'a'),
+    r = subprocess.run([llmlab, 'eval', '--model', str(smol_short_dir), '--tasks', 'arithmetic_mc', '--limit', '24', '--run-dir', str(tmp_path / 'a'),
                         '--bootstrap-iters', '50', '--quiet'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / 'a' / 'summary.json').read_text())
     acc = summary['arithmetic_mc']['scores']['acc']
     assert f'{acc:10.4f}' in r.stdout and len((tmp_path / 'a' / 'items' / 'arithmetic_mc.jsonl').read_text().splitlines()) == 24
-    r = subprocess.run([llmlab, 'eval', '--tasks', 'no_such_task', '--run-dir', str(tmp_path / 'b'), '--quiet'], capture_output=True, text=True)
-    assert r.returncode == 2 and "'no_such_task' is not an lm-eval task, group or tag" in r.stderr and 'arithmetic_mc' in r.stderr
+    # an unknown task stops the command before the model loads (the model named does not exist: an error about it would say
+    # the model was loaded first), in one line that names the task lists
+    r = subprocess.run([llmlab, 'eval', '--tasks', 'arithmetic_mc,no_such_task', '--model', str(tmp_path / 'no-such-model'),
+                        '--run-dir', str(tmp_path / 'b'), '--quiet'], capture_output=True, text=True)
+    assert r.returncode == 2 and "'no_such_task' is not an lm-eval task, group or tag" in r.stderr and 'arithmetic_mc' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and not (tmp_path / 'b').exists(), r.stderr

@@ -84,31 +84,34 @@ def test_direct_logit_attribution_adds_up_on_smollm2(smol, tokenizer):
     assert_close(attr.total.item(), (out[mary] - out[john]).item(), atol=1e-4, what='DLA total vs logit difference')
 
 
-@pytest.mark.slow
-def test_residual_patching_equals_transformer_lens_patching_utility(smol, hf_smol, tokenizer):
-    "transformer_lens.patching.get_act_patch_resid_pre on the bridge (one run per layer and position, about a minute)."
+def test_residual_patching_equals_transformer_lens_patching_utility(smol, smol_short, hf_smol_short, tokenizer):
+    """transformer_lens.patching.get_act_patch_resid_pre on the bridge (one run per layer and position) against llmlab's batched
+    sweep, on SmolLM2's first layers (the peer's one run per layer and position is what takes time; every layer runs the same
+    code); then the sweep on the whole model finds the indirect-object circuit: the names first, the last position late."""
     import transformer_lens.patching as tl_patching
+    SHORT_LAYERS = smol_short.config.num_hidden_layers
     clean, corrupt = (tokenizer(t, return_tensors='pt').input_ids for t in (IOI_CLEAN, IOI_CORRUPT))
     assert clean.shape == corrupt.shape
     mary, john = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in (" Mary", " John"))
     metric = logit_diff_metric(mary, john)
-    b = bridge(hf_smol)
+    b = bridge(hf_smol_short)
     with torch.no_grad():
         _, clean_cache = b.run_with_cache(clean)
         reference = tl_patching.get_act_patch_resid_pre(b, corrupt, clean_cache, lambda logits: metric(logits).mean())
-    ours = patch_residual(smol, clean, corrupt, metric)
-    assert ours.shape == reference.shape == (30, clean.shape[1])
-    # llmlab's model vs transformers' under the bridge, each patched run a float32 forward: observed 1.8e-5 on values ~1
+    ours = patch_residual(smol_short, clean, corrupt, metric)
+    assert ours.shape == reference.shape == (SHORT_LAYERS, clean.shape[1])
+    # llmlab's model vs transformers' under the bridge, each patched run a float32 forward: observed 1.8e-5 on values ~1 (30 layers)
     assert_close(ours, reference, atol=1e-4, what='patch_residual vs get_act_patch_resid_pre')
-    # and the answer is where the names differ, moving to the last position in the late layers
-    s2 = (clean[0] != corrupt[0]).nonzero().item()
-    assert ours[0].argmax() == s2 and ours[-1].argmax() == clean.shape[1] - 1
     # the second peer, nnsight, on the first and last layers (its patched runs batched as one invoke per position)
     peers = pytest.importorskip('peers', reason='benchmarks/peers.py')
-    lm = peers.language_model(hf_smol, tokenizer)
-    theirs = peers.nnsight_patch_resid_pre(lm, clean, corrupt, metric, layers=[0, 29])
-    # transformers' eager forward under nnsight vs llmlab's batched sweep: observed 5.7e-6 on values up to 6.3
-    assert_close(ours[[0, 29]], theirs[[0, 29]], atol=1e-4, what='patch_residual vs nnsight patching')
+    lm = peers.language_model(hf_smol_short, tokenizer)
+    theirs = peers.nnsight_patch_resid_pre(lm, clean, corrupt, metric, layers=[0, SHORT_LAYERS - 1])
+    # transformers' eager forward under nnsight vs llmlab's batched sweep: observed 5.7e-6 on values up to 6.3 (30 layers)
+    assert_close(ours[[0, SHORT_LAYERS - 1]], theirs[[0, SHORT_LAYERS - 1]], atol=1e-4, what='patch_residual vs nnsight patching')
+    # the whole model: the answer is where the names differ in the early layers, and moves to the last position late
+    whole = patch_residual(smol, clean, corrupt, metric)
+    s2 = (clean[0] != corrupt[0]).nonzero().item()
+    assert whole.shape == (30, clean.shape[1]) and whole[0].argmax() == s2 and whole[-1].argmax() == clean.shape[1] - 1
 
 
 def test_cache_equals_nnsight_at_every_module_boundary(smol, hf_smol, tokenizer):

@@ -2,6 +2,14 @@
 import os, sys, subprocess, textwrap
 from pathlib import Path
 
+
+def free_port() -> int:
+    "A port no one listens on, for torchrun's rendezvous (tests may run side by side)."
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0)); return sock.getsockname()[1]
+
+
 TORCHRUN = str(Path(sys.executable).with_name('torchrun'))
 
 SCRIPT = textwrap.dedent('''
@@ -62,7 +70,7 @@ SCRIPT = textwrap.dedent('''
 def run_two(mode, tmp_path):
     script = tmp_path / 'parallel_check.py'
     script.write_text(SCRIPT)
-    r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(29700 + os.getpid() % 200), str(script), mode],
+    r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), mode],
                        capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / f'ok-{mode}-0').exists() and (tmp_path / f'ok-{mode}-1').exists()
@@ -116,7 +124,7 @@ def test_pipeline_1f1b_and_gpipe_steps_match_the_unsharded_model(tmp_path):
     script = tmp_path / 'pipeline_check.py'
     script.write_text(PIPELINE)
     for schedule in ('1f1b', 'gpipe'):
-        r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(29900 + os.getpid() % 90), str(script), schedule],
+        r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), schedule],
                            capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
         assert r.returncode == 0, r.stderr[-3000:]
         assert (tmp_path / f'ok-{schedule}-0').exists() and (tmp_path / f'ok-{schedule}-1').exists()

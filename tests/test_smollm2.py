@@ -1,8 +1,10 @@
-"SmolLM2-135M-Instruct through llmlab against transformers' LlamaForCausalLM on the same weights (float32)."
-import json, os, subprocess, sys
+"""SmolLM2-135M-Instruct through llmlab against transformers' LlamaForCausalLM on the same weights (float32): the logits through
+all 30 layers, and generation on its first layers (`smol_short`, conftest.py: the same code in every block, in a seventh of the time)."""
+import os
+from pathlib import Path
 import pytest, torch
 from llmlab.core import assert_close
-from llmlab.checkpoints import (cached_gguf, gguf_cache_dir, load_hf_dir, load_pretrained, read_gguf, resolve_source,
+from llmlab.checkpoints import (gguf_cache_dir, load_pretrained, read_gguf, resolve_source,
                                 save_hf_dir)
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):",
@@ -41,26 +43,26 @@ def test_logits_match_transformers_on_padded_batch(smol, hf_smol, tokenizer):
 
 
 @torch.no_grad()
-def test_greedy_generation_is_token_identical_to_transformers(smol, hf_smol, tokenizer):
+def test_greedy_generation_is_token_identical_to_transformers(smol_short, hf_smol_short, tokenizer):
     for text in PROMPTS:
         ids = tokenizer(text, return_tensors='pt').input_ids
-        ref = hf_smol.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=[], pad_token_id=2)
-        ours = smol.generate(ids, max_new_tokens=32, eos_token_id=[])
+        ref = hf_smol_short.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=[], pad_token_id=2)
+        ours = smol_short.generate(ids, max_new_tokens=32, eos_token_id=[])
         assert ref.shape[1] == ids.shape[1] + 32
         assert torch.equal(ours, ref), (text, tokenizer.decode(ours[0]), tokenizer.decode(ref[0]))
     # the batched, left-padded call agrees with transformers' batched call too
     ids, mask = padded_batch(tokenizer, PROMPTS)
-    ref = hf_smol.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False, pad_token_id=2)
-    assert torch.equal(smol.generate(ids, mask, max_new_tokens=32, pad_token_id=2), ref)
+    ref = hf_smol_short.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False, pad_token_id=2)
+    assert torch.equal(smol_short.generate(ids, mask, max_new_tokens=32, pad_token_id=2), ref)
 
 
 @torch.no_grad()
-def test_kv_cache_generation_equals_recomputation(smol, tokenizer):
+def test_kv_cache_generation_equals_recomputation(smol_short, tokenizer):
     ids, mask = padded_batch(tokenizer, PROMPTS[:3])
-    cached = smol.generate(ids, mask, max_new_tokens=16, eos_token_id=[])
+    cached = smol_short.generate(ids, mask, max_new_tokens=16, eos_token_id=[])
     seq, m = ids, mask
     for _ in range(16):  # no cache: run the whole sequence every step
-        nxt = smol(seq, attention_mask=m)[:, -1].argmax(-1)
+        nxt = smol_short(seq, attention_mask=m)[:, -1].argmax(-1)
         seq, m = torch.cat([seq, nxt[:, None]], 1), torch.cat([m, torch.ones_like(m[:, :1])], 1)
     assert torch.equal(cached, seq)
 
@@ -79,31 +81,39 @@ def test_saved_model_loads_in_transformers_with_same_logits(smol, tokenizer, tmp
         tokenizer.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False)
 
 
+@pytest.fixture(scope='module')
+def gguf_read():
+    "llmlab's dequantization of SmolLM2's GGUF file (read_gguf): (config, tensors), read once for this module's tests."
+    return read_gguf(resolve_source('smollm2-135m-instruct'))
+
+
 @pytest.mark.slow
-def test_gguf_dequantization_equals_transformers_gguf_loader():
-    "transformers reads the GGUF with its own code (about 25 s); every tensor must equal ours."
+def test_gguf_dequantization_equals_transformers_gguf_loader(gguf_read):
+    "transformers reads the GGUF with its own code (about 15 s); every tensor must equal ours."
     from transformers import AutoModelForCausalLM
     src = resolve_source('smollm2-135m-instruct')
-    _, ours = read_gguf(src)
+    _, ours = gguf_read
     ref = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name).state_dict()
     assert set(ours) == set(ref) - {'lm_head.weight'}  # tied to the embedding, not stored
     for name, tensor in ours.items():
         assert torch.equal(tensor, ref[name].float()), name
 
 
-def test_cached_load_skips_dequantization_and_rebuilds_a_damaged_cache(tmp_path, monkeypatch):
+def test_cached_load_skips_dequantization_and_rebuilds_a_damaged_cache(tmp_path, monkeypatch, gguf_read):
     import llmlab.checkpoints as ck
     monkeypatch.setenv('LLMLAB_CACHE', str(tmp_path))
     src = resolve_source('smollm2-135m-instruct')
+    reads = []
+    def counted_read(path, *a, **k):   # each dequantization counted, and answered with the module's (checked against transformers' above)
+        assert Path(path) == src
+        reads.append(gguf_read); return gguf_read
+    monkeypatch.setattr(ck, 'read_gguf', counted_read)
     first = load_pretrained('smollm2-135m-instruct', progress=False)
     target = gguf_cache_dir(src)
-    assert str(target).startswith(str(tmp_path)) and (target / 'model.safetensors').exists()
+    assert len(reads) == 1 and str(target).startswith(str(tmp_path)) and (target / 'model.safetensors').exists()
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temporary folders left behind
-    calls = []
-    real_read = ck.read_gguf
-    monkeypatch.setattr(ck, 'read_gguf', lambda *a, **k: calls.append(1) or real_read(*a, **k))
     second = load_pretrained('smollm2-135m-instruct', progress=False)
-    assert calls == []  # read from the cache, not dequantized again
+    assert len(reads) == 1  # read from the cache, not dequantized again
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     f = target / 'model.safetensors'
     damaged = target / 'damaged.tmp'
@@ -111,7 +121,10 @@ def test_cached_load_skips_dequantization_and_rebuilds_a_damaged_cache(tmp_path,
     os.replace(damaged, f)  # a damaged cache entry (a new file: the loaded models still map the old one) ...
     with pytest.warns(UserWarning, match='damaged'):
         third = load_pretrained('smollm2-135m-instruct', progress=False)
-    assert calls == [1]  # ... is rebuilt from the GGUF
+    assert len(reads) == 2  # ... is rebuilt from the GGUF
+    fourth = load_pretrained('smollm2-135m-instruct', progress=False)
+    assert len(reads) == 2  # and the rebuilt cache is whole: read from it, it gives the model again
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), fourth.state_dict().values()))
     assert torch.equal(third.lm_head.weight, first.lm_head.weight)
 
 

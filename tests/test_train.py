@@ -72,6 +72,13 @@ def data(tmp_path_factory):
     return d, script
 
 
+def free_port() -> int:
+    "A port no one listens on, for torchrun's rendezvous (tests may run side by side)."
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0)); return sock.getsockname()[1]
+
+
 def run(cmd, env=None, **kw):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kw)
@@ -82,22 +89,39 @@ def run(cmd, env=None, **kw):
 def losses(run_dir): return [json.loads(l)['loss'] for l in (Path(run_dir) / 'metrics.jsonl').read_text().splitlines()]
 
 
-def test_ddp_with_accumulation_and_clipping_equals_one_process(data, tmp_path):
+@pytest.fixture(scope='module')
+def one_process(data, tmp_path_factory):
+    "One process, the whole batch of 8 at once, 12 steps: the run DDP and the notebook launcher must reproduce (trained once)."
     d, script = data
-    run([sys.executable, str(script), str(d), str(tmp_path / 'one'), '8', '8', '12', 'none'])
-    run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(29500 + os.getpid() % 1000), str(script), str(d),
+    run_dir = tmp_path_factory.mktemp('one') / 'one'
+    run([sys.executable, str(script), str(d), str(run_dir), '8', '8', '12', 'none'])
+    return run_dir
+
+
+def test_ddp_with_accumulation_and_clipping_equals_one_process(data, one_process, tmp_path):
+    d, script = data
+    run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), str(d),
          str(tmp_path / 'ddp'), '8', '2', '12', 'none'])   # 2 processes x 2 sequences x 2 accumulation steps = 8
-    one, ddp = torch.load(tmp_path / 'one' / 'final.pt'), torch.load(tmp_path / 'ddp' / 'final.pt')
+    one, ddp = torch.load(one_process / 'final.pt'), torch.load(tmp_path / 'ddp' / 'final.pt')
     # DDP averages float32 gradients across processes, one process sums the batch at once: the last bits differ, and Adam's
     # normalisation carries them into the weights (observed 5.9e-7 on weights ~0.1-1 after 12 steps; losses 4.8e-7 on ~3.4)
     for k in one: assert_close(ddp[k], one[k], atol=5e-6, what=f'DDP vs one process, weight {k}')
-    assert_close(losses(tmp_path / 'ddp'), losses(tmp_path / 'one'), atol=1e-6, rtol=1e-6, what='DDP vs one process, losses')
+    assert_close(losses(tmp_path / 'ddp'), losses(one_process), atol=1e-6, rtol=1e-6, what='DDP vs one process, losses')
 
 
-@pytest.mark.parametrize('where', ['at a random step', 'while writing a checkpoint'])
-def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
+@pytest.fixture(scope='module')
+def uninterrupted(data, tmp_path_factory):
+    "24 steps with a checkpoint every 4, never stopped: what a killed and resumed run must equal bit for bit (trained once)."
     d, script = data
-    run([sys.executable, str(script), str(d), str(tmp_path / 'full'), '8', '4', '24', 'none'], env={'SAVE_EVERY': '4'})
+    run_dir = tmp_path_factory.mktemp('full') / 'full'
+    run([sys.executable, str(script), str(d), str(run_dir), '8', '4', '24', 'none'], env={'SAVE_EVERY': '4'})
+    return run_dir
+
+
+@pytest.mark.xdist_group('sigkill')   # one worker runs both: one uninterrupted run for the two
+@pytest.mark.parametrize('where', ['at a random step', 'while writing a checkpoint'])
+def test_sigkill_then_resume_auto_is_bitwise_identical(data, uninterrupted, tmp_path, where):
+    d, script = data
     hang_at = random.Random(2).choice([8, 12, 16])
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'SAVE_EVERY': '4', 'SLOW_STEP': '0.15'}
     if where != 'at a random step': env['HANG_SAVE'] = str(hang_at)
@@ -121,8 +145,8 @@ def test_sigkill_then_resume_auto_is_bitwise_identical(data, tmp_path, where):
     latest = json.loads((ckdir / 'latest.json').read_text())
     assert (ckdir / latest['name']).is_dir()                              # "latest" always points at a whole checkpoint
     run([sys.executable, str(script), str(d), str(tmp_path / 'killed'), '8', '4', '24', 'auto'], env={'SAVE_EVERY': '4'})
-    assert losses(tmp_path / 'killed') == losses(tmp_path / 'full')      # bitwise
-    a, b = torch.load(tmp_path / 'full' / 'final.pt'), torch.load(tmp_path / 'killed' / 'final.pt')
+    assert losses(tmp_path / 'killed') == losses(uninterrupted)      # bitwise
+    a, b = torch.load(uninterrupted / 'final.pt'), torch.load(tmp_path / 'killed' / 'final.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -145,7 +169,7 @@ def test_muon_under_ddp_and_fsdp2_trains_like_one_process_and_resumes_bitwise(da
 
 def launch(script, d, run_dir, nproc, *args, env=None):
     "The test script on `nproc` processes (torchrun) or in this interpreter's python (nproc=0: no launcher at all)."
-    cmd = [sys.executable] if nproc == 0 else [TORCHRUN, '--nproc_per_node', str(nproc), '--master_port', str(29500 + os.getpid() % 1000)]
+    cmd = [sys.executable] if nproc == 0 else [TORCHRUN, '--nproc_per_node', str(nproc), '--master_port', str(free_port())]
     return run(cmd + [str(script), str(d), str(run_dir), *map(str, args)], env=env)
 
 
@@ -215,36 +239,43 @@ NOTEBOOK_LAUNCH = textwrap.dedent('''
 ''')
 
 
-def test_notebook_launcher_trains_on_two_processes(data, tmp_path):
+def test_notebook_launcher_trains_on_two_processes(data, one_process, tmp_path):
     "From a notebook: `accelerate.notebook_launcher` forks 2 ranks that train like one process with the whole batch."
     d, script = data
-    launch(script, d, tmp_path / 'one', 0, 8, 8, 12, 'none')
     nb = tmp_path / 'notebook_cell.py'
     nb.write_text(NOTEBOOK_LAUNCH)
     run([sys.executable, str(nb), str(d), str(tmp_path / 'nb')])
     assert (tmp_path / 'nb' / 'ok-0').exists() and (tmp_path / 'nb' / 'ok-1').exists()
     # DDP through notebook_launcher: float32 averaging across processes, observed 4.8e-7 on losses ~3.4
-    assert_close(losses(tmp_path / 'nb'), losses(tmp_path / 'one'), atol=1e-6, rtol=1e-6, what='notebook_launcher vs one process, losses')
+    assert_close(losses(tmp_path / 'nb'), losses(one_process), atol=1e-6, rtol=1e-6, what='notebook_launcher vs one process, losses')
+
+
+@pytest.fixture(scope='module')
+def ddp_reference(data, tmp_path_factory):
+    "DDP on 2 processes, batch 8 in micro-batches of 2: the run each DeepSpeed stage must reproduce (trained once for the three)."
+    d, script = data
+    run_dir = tmp_path_factory.mktemp('ddp') / 'ddp'
+    launch(script, d, run_dir, 2, 8, 2, 12, 'none')
+    return run_dir
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('deepspeed')   # one worker runs the three stages: one DDP reference (and DeepSpeed's first start) for all
 @pytest.mark.parametrize('stage', [1, 2, 3])
-def test_deepspeed_zero_trains_like_ddp(data, tmp_path, stage):
+def test_deepspeed_zero_trains_like_ddp(data, ddp_reference, tmp_path, stage):
     "DeepSpeed ZeRO through Accelerate (2 processes, gloo): the same losses and weights as DDP, accumulation and clipping included."
     pytest.importorskip('deepspeed')
     d, script = data
-    launch(script, d, tmp_path / 'ddp', 2, 8, 2, 12, 'none')
     launch(script, d, tmp_path / 'zero', 2, 8, 2, 12, 'none', env={'PARALLELISM': 'deepspeed', 'ZERO': str(stage)})
     # DeepSpeed reduces (and with ZeRO-3 gathers) in its own order: observed 2.4e-7 on losses, 1.2e-6 on weights
-    assert_close(losses(tmp_path / 'zero'), losses(tmp_path / 'ddp'), atol=1e-5, what='DeepSpeed ZeRO vs DDP, losses')
-    assert weights_close(tmp_path / 'ddp', tmp_path / 'zero', 1e-5)              # observed 1.2e-6 (ZeRO-3)
+    assert_close(losses(tmp_path / 'zero'), losses(ddp_reference), atol=1e-5, what='DeepSpeed ZeRO vs DDP, losses')
+    assert weights_close(ddp_reference, tmp_path / 'zero', 1e-5)              # observed 1.2e-6 (ZeRO-3)
 
 
-@pytest.mark.slow
-def test_lora_fine_tune_of_smollm2_lowers_its_loss_on_chat_data(smol_dir, tmp_path, tokenizer):
-    "LoRA on SmolLM2's attention, assistant-only loss, on generated arithmetic chats; held-out loss must fall."
-    import copy
-    from llmlab.checkpoints import load_pretrained
+def test_lora_fine_tune_of_smollm2_lowers_its_loss_on_chat_data(smol_short_dir, tmp_path, tokenizer):
+    """LoRA on SmolLM2's attention (its first layers, conftest.py: the whole model's fine-tune is nbs/tutorials/finetune_smollm2),
+    assistant-only loss, on generated arithmetic chats; held-out loss must fall and the base weights stay as they were."""
+    from llmlab.checkpoints import load_hf_dir
     from llmlab.data import ChatDataset
     from llmlab.train import Trainer, TrainConfig, add_lora
     rng = random.Random(0)
@@ -252,7 +283,7 @@ def test_lora_fine_tune_of_smollm2_lowers_its_loss_on_chat_data(smol_dir, tmp_pa
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         return [{'role': 'user', 'content': f'Add {a} and {b}.'}, {'role': 'assistant', 'content': f'{a} + {b} = {a + b}'}]
     train, val = ChatDataset([conv() for _ in range(96)], tokenizer, 48), ChatDataset([conv() for _ in range(16)], tokenizer, 48)
-    model = add_lora(load_pretrained('smollm2-135m-instruct', progress=False), r=8, alpha=16,
+    model = add_lora(load_hf_dir(smol_short_dir), r=8, alpha=16,
                      target_modules=('q_proj', 'k_proj', 'v_proj', 'o_proj'))
     base_weights = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     cfg = TrainConfig(run_dir=str(tmp_path / 'lora'), max_steps=24, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=24,

@@ -13,6 +13,7 @@ bf16/fp16 (or fp32 with tf32) that is not on wgmma.
 
     python tools/check_hopper.py            # every config x head dim x causal/full in bf16, each variant at d=128
     python tools/check_hopper.py --full     # the whole cross product (a few minutes)
+    python tools/check_hopper.py --quick    # one config of each kernel and of each way it loads (TMA, atomic dQ): the test suite's
 Run it under another Triton with `make triton36` then `.venv-triton36/bin/python tools/check_hopper.py`.
 """
 import argparse, collections, json, multiprocessing, os, re, subprocess, sys, tempfile
@@ -22,6 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 import llmlab.kernels as K
+import llmlab.kernels.decode as KD, llmlab.kernels.fused as KF   # the chapters' private kernels
 
 TARGET = GPUTarget('cuda', 90, 32)
 SHARED_LIMIT = 227 * 1024
@@ -118,16 +120,24 @@ def cases(full=False):
             for c in K.attn_decode_kernel.configs:   # 16 rows are below wgmma's 64: the decode reads keys, it is not dot-bound
                 yield 'attn_decode', K.attn_decode_kernel.fn, {**args, **c.kwargs}, c, 'bf16', (), f'decode {rows} rows bf16', rows >= 64
     combine = dict(D=128, BLOCK_D=128, BLOCK_S=64)
-    yield 'attn_decode_combine', K._attn_decode_combine, combine, triton.Config({}, num_warps=4, num_stages=1), 'bf16', (), 'bf16', False
+    yield 'attn_decode_combine', KD._attn_decode_combine, combine, triton.Config({}, num_warps=4, num_stages=1), 'bf16', (), 'bf16', False
     one = triton.Config({}, num_warps=4, num_stages=1)
     for n in (1024, 4096, 8192):                        # hidden sizes up to 8192 (Llama 3 70B), with the launcher's warps
         rows = triton.Config({}, num_warps=K.row_warps(n), num_stages=1)
-        yield 'rmsnorm_fwd', K._rmsnorm_fwd, {'BLOCK': n, 'ROWS': max(1, min(16, 2048 // n))}, rows, 'bf16', (), 'bf16', False
-        yield 'rmsnorm_bwd', K._rmsnorm_bwd, {'BLOCK': n}, rows, 'bf16', (), 'bf16', False
-    yield 'rope', K._rope, {'HALF': 64, 'BLOCK': 64, 'BLOCK_T': 16, 'SIGN': 1}, one, 'bf16', (), 'bf16', False
-    yield 'swiglu_fwd', K._swiglu_fwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
-    yield 'swiglu_bwd', K._swiglu_bwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
-    yield 'cross_entropy_rows', K._ce_rows, {'BLOCK': 4096}, one, 'bf16', (), 'bf16', False
+        yield 'rmsnorm_fwd', KF._rmsnorm_fwd, {'BLOCK': n, 'ROWS': max(1, min(16, 2048 // n))}, rows, 'bf16', (), 'bf16', False
+        yield 'rmsnorm_bwd', KF._rmsnorm_bwd, {'BLOCK': n}, rows, 'bf16', (), 'bf16', False
+    yield 'rope', KF._rope, {'HALF': 64, 'BLOCK': 64, 'BLOCK_T': 16, 'SIGN': 1}, one, 'bf16', (), 'bf16', False
+    yield 'swiglu_fwd', KF._swiglu_fwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
+    yield 'swiglu_bwd', KF._swiglu_bwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
+    yield 'cross_entropy_rows', KF._ce_rows, {'BLOCK': 4096}, one, 'bf16', (), 'bf16', False
+
+
+def one_per_kind(cases):
+    "The first case of each kernel, and of each way it loads its operands (TMA descriptors, atomic dQ): what `--quick` compiles."
+    seen = set()
+    for case in cases:
+        kind = (case[0], bool(case[2].get('TMA')), bool(case[2].get('ATOMIC_DQ')))
+        if kind not in seen: seen.add(kind); yield case
 
 
 def _compile_case(i:int) -> dict:
@@ -144,12 +154,13 @@ def _compile_case(i:int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--full', action='store_true', help='every variant at every head dim, causal and full')
+    ap.add_argument('--quick', action='store_true', help='one config of each kernel and of each way it loads (the test suite\'s check)')
     ap.add_argument('--unaligned', action='store_true', help="without the 16-byte specialization (odd strides or lengths)")
     ap.add_argument('--jobs', type=int, default=os.cpu_count(), help='compile in this many processes')
     args = ap.parse_args(argv)
     print(json.dumps({'triton': triton.__version__, 'target': 'sm_90a', 'aligned': not args.unaligned}), flush=True)
     global CASES, ALIGNED
-    CASES, ALIGNED = list(cases(args.full)), not args.unaligned
+    CASES, ALIGNED = list(one_per_kind(cases(args.full)) if args.quick else cases(args.full)), not args.unaligned
     with multiprocessing.get_context('fork').Pool(args.jobs) as pool:   # compiling is CPU-bound and independent
         rows = []
         for row in pool.imap(_compile_case, range(len(CASES))):
