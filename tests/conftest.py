@@ -5,11 +5,38 @@ Parity checks where the depth adds nothing (the same code runs in every layer) r
 real SmolLM2 with its embedding, its first SHORT_LAYERS blocks, its final norm and head, saved as a Hugging Face folder
 and loaded by each tool's own loader, as the whole model is. The whole 30 layers stay in the checks where depth matters
 (`tests/test_smollm2.py`'s logits, a model's behaviour: Paris at the last layer, induction heads)."""
-import json, shutil
+import json, os, shutil
 from pathlib import Path
 import pytest, torch
 
 SHORT_LAYERS = 4
+
+# The suite runs offline, as this machine is: Hugging Face's libraries read these when first imported (by a test module, after
+# this file), and the processes the tests start inherit them. Without them, a dataset found nowhere is looked for on the hub
+# with five retries (~20 s) before the clear error comes.
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1'); os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores as compute threads, and so do the processes it starts
+    (torchrun, JupyterLab's kernels, the CLI): two workers each running torch's default of one thread per core would keep
+    twice as many OpenMP threads as cores busy, spinning at each other's barriers."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '0'))
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ['OMP_NUM_THREADS'] = str(threads)
+        torch.set_num_threads(threads)
+
+
+# Tests that start several processes (torchrun, DeepSpeed, Slurm) are one xdist group, `processes`: they run one after
+# another on one worker while the other runs the rest. Two of them side by side put four to six processes on two cores,
+# and a collective waits for peers the kernel has descheduled: DeepSpeed ZeRO's 15 s test took 62-75 s that way.
+# pytest-xdist hands the largest group out first; the tests marked `slow` go next, so that no long test starts last.
+def pytest_collection_modifyitems(config, items):
+    "Grouped tests first, in their order (a group's module fixtures stay shared), then the slow ones, then the rest."
+    def rank(item):
+        return 0 if item.get_closest_marker('xdist_group') else 1 if item.get_closest_marker('slow') else 2
+    items.sort(key=rank)   # a stable sort: the order within each rank is kept
 
 
 @pytest.fixture(scope='session')

@@ -174,12 +174,15 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             widgets['llmlab-feature-viewer'].locator('select').first.select_option(index=1)
             set_slider(widgets['llmlab-generation-playground'].locator('.widget-slider').nth(3), 6)   # max tokens
             widgets['llmlab-generation-playground'].locator('button', has_text='Generate').click()
-            page.wait_for_timeout(3000)
-            # ask the kernel what the widgets hold now: a cell typed at the end of the notebook
-            page.locator('.jp-Notebook .jp-Cell').last.locator('.jp-InputArea-prompt').click()   # select it, command mode
-            page.keyboard.press('Escape'); page.keyboard.press('b'); page.keyboard.press('Enter')   # new cell below, edit mode
-            page.wait_for_timeout(500)
-            page.keyboard.type("import json; json.dump({'metric': monitor.metric.value, 'run': dashboard.run.value, "
+            # ask the kernel what the widgets hold now: a cell typed at the end of the notebook. The kernel handles the
+            # controls' comm messages before this cell's execute request (one shell channel, in order): no wait between
+            cells = page.locator('.jp-Notebook .jp-Cell')
+            before = cells.count()
+            cells.last.locator('.jp-InputArea-prompt').click()                                  # select it, command mode
+            page.keyboard.press('Escape'); page.keyboard.press('b')                             # a new cell below
+            wait_until(lambda: cells.count() == before + 1, 30, 'the new cell', page, lab, poll=0.1)
+            cells.last.locator('.cm-content').click()                                           # its editor, focused
+            page.keyboard.insert_text("import json; json.dump({'metric': monitor.metric.value, 'run': dashboard.run.value, "
                                "'layer': attention.layer.value, 'k': lens.k.value, 'max_tokens': playground.max_tokens.value, "
                                "'generated': len(playground.results['SmolLM2-135M']['ids']), 'pattern_shape': list(attention.pattern().shape), "
                                "'lens_columns': list(lens.top().columns), 'patch': patching.activation.value, "

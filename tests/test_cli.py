@@ -1,6 +1,7 @@
 "The `llmlab` command as a user runs it: installed entry point, separate process."
 import subprocess, sys
 from pathlib import Path
+import pytest
 
 LLMLAB = str(Path(sys.executable).with_name('llmlab'))
 
@@ -23,6 +24,7 @@ def test_bad_model_name_is_one_clear_line_and_exit_status_2():
     assert 'smollm2-135m-instruct' in r.stderr  # names the fix
 
 
+@pytest.mark.slow
 def test_quickstart_writes_its_run_folder(tmp_path):
     import json
     r = run('quickstart', '--max-new-tokens', '8', '--run-dir', str(tmp_path / 'qs'), '--train-minutes', '0.05')

@@ -327,14 +327,14 @@ def test_smollm2_forward_and_backward_with_triton_attention_and_fused_kernels_ma
     assert fast.config.attn_backend == 'triton' and type(fast.norm).__name__ == 'TritonRMSNorm'
     loss_ref = lm_loss(base(batch['input_ids']), batch['labels'])
     loss_fast = K.fused_causal_lm_loss(fast, batch)
-    # observed 2.9e-6 on a loss of ~14.5 (30 layers in float32, other kernels)
+    # float32 through other kernels: observed 0 on the first 4 layers (2.9e-6 on a loss of ~14.5 through all 30)
     assert_close(loss_fast, loss_ref, atol=1e-4, what='SmolLM2 loss, triton + fused vs sdpa')
     loss_ref.backward(); loss_fast.backward()
     worst = 0.0
     for (name, a), (_, b) in zip(base.named_parameters(), fast.named_parameters()):
         scale = max(1e-3, float(a.grad.abs().max()))   # errors relative to each gradient's largest entry
         worst = max(worst, float((a.grad - b.grad).abs().max()) / scale)
-        # observed at most 7e-5 of each gradient's largest entry (0.05 of the bound)
+        # observed at most 9e-6 of each gradient's largest entry on the first 4 layers, 7e-5 on all 30 (0.05 of the bound)
         assert_close(b.grad, a.grad, atol=1e-3 * scale, what=f'gradient of {name}, triton + fused vs sdpa')
     print(f'SmolLM2 triton+fused vs sdpa: loss {float(loss_fast):.6f} vs {float(loss_ref):.6f}, worst relative grad error {worst:.2e}')
 
@@ -352,7 +352,7 @@ def test_hugging_face_model_with_llmlab_triton_attention(hf_smol_short, tokenize
         try: got = hf_smol_short(**batch).logits
         finally: hf_smol_short.set_attn_implementation('eager')
     real = batch['attention_mask'].bool()
-    # flash attention vs eager through 30 layers: observed 5.2e-5 on logits up to ~30
+    # flash attention vs eager: observed 3.1e-5 through the first 4 layers (5.2e-5 through all 30, logits up to ~30)
     assert_close(got[real], expect[real], atol=1e-3, what='transformers SmolLM2, llmlab_triton vs eager logits')
 
 
@@ -391,6 +391,7 @@ def test_a_few_training_steps_on_the_gpu_with_triton_kernels_follow_sdpa():
     assert_close(torch.tensor(losses['triton']), torch.tensor(losses['sdpa']), atol=0.05, what='losses, triton vs sdpa')
 
 
+@pytest.mark.slow
 def test_each_triton_kernel_compiles_for_hopper_without_spills():
     """tools/check_hopper.py --quick: one config of each kernel, and of each way it loads (TMA descriptors, atomic dQ), for
     sm_90 as a real launch compiles it: no spills, dots on wgmma. Every usable config of every variant: .ci/run compiles them
@@ -430,6 +431,7 @@ def test_compile_report_sees_what_the_compiler_made():
     assert rep['narrow']['not_wgmma'] > 0 and rep['narrow']['wgmma'] < rep['narrow']['dots']
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_runs_every_phase(tmp_path):
     "benchmarks/gpu/run.py --dry-run: the interpreter, tiny shapes, every phase writes its JSON lines and finds no error."
     r = subprocess.run([sys.executable, 'benchmarks/gpu/run.py', '--dry-run'], capture_output=True, text=True, timeout=600,

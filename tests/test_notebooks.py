@@ -12,7 +12,13 @@ NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if '.ipynb_checkpoints' not i
                    and str(p.relative_to(NBS)) not in RUN_BY_THE_BROWSER_TEST)
 
 
-@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
+# the notebooks that take longest (a quarter to a full minute on two busy cores): started first under pytest-xdist (conftest.py)
+SLOW = {'tutorials/finetune_smollm2.ipynb', 'tutorials/interp_smollm2.ipynb', '08_train.ipynb', '12_widgets.ipynb',
+        '05b_decode_kernels.ipynb', '10b_harness.ipynb', '13_cli.ipynb', '06_memory.ipynb'}
+
+
+@pytest.mark.parametrize('nb', [pytest.param(p, marks=[pytest.mark.slow] if str(p.relative_to(NBS)) in SLOW else [])
+                                for p in NOTEBOOKS], ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
 def test_notebook(nb, monkeypatch):
     from nbdev.test import test_nb
     monkeypatch.setenv('LLMLAB_TOLERANCE_SOURCE', str(nb.relative_to(NBS)))   # names the notebook in assert_close's log

@@ -1,6 +1,7 @@
 "Tensor parallelism and FSDP2 on 2 processes (gloo, CPU) against the unsharded model."
 import os, sys, subprocess, textwrap
 from pathlib import Path
+import pytest
 
 
 def free_port() -> int:
@@ -11,6 +12,7 @@ def free_port() -> int:
 
 
 TORCHRUN = str(Path(sys.executable).with_name('torchrun'))
+pytestmark = pytest.mark.xdist_group('processes')   # one after another on one worker (conftest.py says why)
 
 SCRIPT = textwrap.dedent('''
     import sys, torch, torch.distributed as dist

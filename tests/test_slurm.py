@@ -7,7 +7,8 @@ import json, os, pwd, re, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 
-pytestmark = pytest.mark.xdist_group('slurm')   # its tests share one cluster: one worker runs them all
+# its tests share one cluster, and start processes: they run on the worker that runs the others that do (conftest.py)
+pytestmark = pytest.mark.xdist_group('processes')
 
 DAEMONS = ('munged', 'slurmctld', 'slurmd', 'sbatch', 'scontrol', 'sinfo', 'srun')
 LLMLAB = str(Path(sys.executable).with_name('llmlab'))

@@ -99,6 +99,7 @@ def test_gguf_dequantization_equals_transformers_gguf_loader(gguf_read):
         assert torch.equal(tensor, ref[name].float()), name
 
 
+@pytest.mark.slow
 def test_cached_load_skips_dequantization_and_rebuilds_a_damaged_cache(tmp_path, monkeypatch, gguf_read):
     import llmlab.checkpoints as ck
     monkeypatch.setenv('LLMLAB_CACHE', str(tmp_path))

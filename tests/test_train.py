@@ -5,6 +5,8 @@ import pytest, torch
 from llmlab.core import assert_close
 
 TORCHRUN = str(Path(sys.executable).with_name('torchrun'))
+# the tests that start processes run on one pytest-xdist worker, one after another (conftest.py says why)
+processes = pytest.mark.xdist_group('processes')
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys, time, torch
@@ -98,6 +100,7 @@ def one_process(data, tmp_path_factory):
     return run_dir
 
 
+@processes
 def test_ddp_with_accumulation_and_clipping_equals_one_process(data, one_process, tmp_path):
     d, script = data
     run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), str(d),
@@ -118,7 +121,7 @@ def uninterrupted(data, tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.xdist_group('sigkill')   # one worker runs both: one uninterrupted run for the two
+@processes
 @pytest.mark.parametrize('where', ['at a random step', 'while writing a checkpoint'])
 def test_sigkill_then_resume_auto_is_bitwise_identical(data, uninterrupted, tmp_path, where):
     d, script = data
@@ -150,6 +153,7 @@ def test_sigkill_then_resume_auto_is_bitwise_identical(data, uninterrupted, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@processes
 def test_muon_under_ddp_and_fsdp2_trains_like_one_process_and_resumes_bitwise(data, tmp_path):
     "Muon (llmlab.optim.MuonAdamW): DDP's matrices are whole, FSDP2's are shards gathered per matrix for Newton-Schulz."
     d, script = data
@@ -181,6 +185,7 @@ def weights_close(a_dir, b_dir, tol):
     return True
 
 
+@processes
 def test_fsdp2_resume_bitwise_on_the_same_world_size_and_across_world_sizes(data, tmp_path):
     "FSDP2 through the Trainer, checkpoints in DCP: stopped at step 6 and resumed on 2, 1 and (from 1) 2 processes."
     d, script = data
@@ -205,6 +210,7 @@ def test_fsdp2_resume_bitwise_on_the_same_world_size_and_across_world_sizes(data
         assert weights_close(tmp_path / 'full', tmp_path / name, 1e-5), name    # observed 5.8e-7 (1 -> 2), 7.5e-9 (2 -> 1)
 
 
+@processes
 def test_tensor_parallel_and_2d_training_match_one_process(data, tmp_path):
     "The Trainer with TP alone (2 processes) and TP x FSDP on a (2, 2) mesh (4 processes) against one process."
     d, script = data
@@ -239,6 +245,7 @@ NOTEBOOK_LAUNCH = textwrap.dedent('''
 ''')
 
 
+@processes
 def test_notebook_launcher_trains_on_two_processes(data, one_process, tmp_path):
     "From a notebook: `accelerate.notebook_launcher` forks 2 ranks that train like one process with the whole batch."
     d, script = data
@@ -259,8 +266,8 @@ def ddp_reference(data, tmp_path_factory):
     return run_dir
 
 
+@processes
 @pytest.mark.slow
-@pytest.mark.xdist_group('deepspeed')   # one worker runs the three stages: one DDP reference (and DeepSpeed's first start) for all
 @pytest.mark.parametrize('stage', [1, 2, 3])
 def test_deepspeed_zero_trains_like_ddp(data, ddp_reference, tmp_path, stage):
     "DeepSpeed ZeRO through Accelerate (2 processes, gloo): the same losses and weights as DDP, accumulation and clipping included."
@@ -272,6 +279,7 @@ def test_deepspeed_zero_trains_like_ddp(data, ddp_reference, tmp_path, stage):
     assert weights_close(ddp_reference, tmp_path / 'zero', 1e-5)              # observed 1.2e-6 (ZeRO-3)
 
 
+@pytest.mark.slow
 def test_lora_fine_tune_of_smollm2_lowers_its_loss_on_chat_data(smol_short_dir, tmp_path, tokenizer):
     """LoRA on SmolLM2's attention (its first layers, conftest.py: the whole model's fine-tune is nbs/tutorials/finetune_smollm2),
     assistant-only loss, on generated arithmetic chats; held-out loss must fall and the base weights stay as they were."""
