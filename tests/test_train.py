@@ -294,7 +294,7 @@ def test_lora_fine_tune_of_smollm2_lowers_its_loss_on_chat_data(smol_short_dir, 
     model = add_lora(load_hf_dir(smol_short_dir), r=8, alpha=16,
                      target_modules=('q_proj', 'k_proj', 'v_proj', 'o_proj'))
     base_weights = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    cfg = TrainConfig(run_dir=str(tmp_path / 'lora'), max_steps=24, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=24,
+    cfg = TrainConfig(run_dir=str(tmp_path / 'lora'), max_steps=16, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=16,
                       eval_batches=2, save_every=10**6, log_every=4, schedule='constant', progress=False)
     t = Trainer(model, cfg, train, val)
     before = t.evaluate()['val_loss']
