@@ -127,17 +127,19 @@ def test_lm_eval_command_runs_llmlab_models(smol_short_dir, hf_smol_short, token
 
 @pytest.mark.slow
 def test_llmlab_eval_runs_lm_eval_tasks_offline_with_clear_errors(tmp_path, smol_short_dir, lm_eval_local):
-    "`llmlab eval` mixes built-in and lm-eval tasks in one run folder; a dataset it cannot find says where to put it."
+    """`llmlab eval` (the installed command) mixes built-in and lm-eval tasks in one run folder and prints each score as
+    written there; a dataset it cannot find says where to put it."""
     tasks_dir, data, _ = lm_eval_local
     llmlab = str(Path(sys.executable).with_name('llmlab'))
     r = subprocess.run([llmlab, 'eval', '--model', str(smol_short_dir), '--tasks', 'arithmetic_mc,hellaswag,mmlu_abstract_algebra', '--data-dir', str(data), '--limit', '4',
-                        '--run-dir', str(tmp_path / 'run'), '--bootstrap-iters', '0', '--quiet'], capture_output=True, text=True, timeout=600)
+                        '--run-dir', str(tmp_path / 'run'), '--bootstrap-iters', '50', '--quiet'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     assert sorted(summary) == ['arithmetic_mc', 'hellaswag', 'mmlu_abstract_algebra'], summary
     for task in summary:
         assert len((tmp_path / 'run' / 'items' / f'{task}.jsonl').read_text().splitlines()) == 4
         assert task in r.stdout
+    assert f"{summary['arithmetic_mc']['scores']['acc']:10.4f}" in r.stdout                # the printed table is the run folder's
     hs = json.loads((tmp_path / 'run' / 'results' / 'hellaswag.json').read_text())
     assert hs['primary_metric'] == 'acc,none' and set(hs['scores']) == {'acc,none', 'acc_norm,none'}
     assert hs['config']['process_docs'] is not None and 'stderr_clt' in hs
