@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/checkpoints.html.md"""
 
 # %% ../nbs/03_checkpoints.ipynb #a3751f2e
 from __future__ import annotations
-import hashlib, json, os, shutil, uuid, warnings
+import hashlib, json, os, re, shutil, uuid, warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +16,27 @@ from tqdm.auto import tqdm
 
 from .core import CheckpointError, Registry, UnknownNameError, get_dtype, get_device, dtype_name
 from .model import Llama, ModelConfig, generate
+from .moe import MOE_FIELDS
 
 # %% auto #0
 __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_from_hf', 'config_to_hf', 'read_state_dict',
-           'model_from_state_dict', 'load_hf_dir', 'save_hf_dir', 'unpermute_rotary_rows', 'read_gguf', 'load_gguf',
-           'cache_root', 'resolve_source', 'gguf_cache_dir', 'cached_gguf', 'load_pretrained', 'load_tokenizer',
-           'generate_text']
+           'model_from_state_dict', 'load_hf_dir', 'save_hf_dir', 'pack_experts', 'unpack_experts',
+           'unpermute_rotary_rows', 'read_gguf', 'load_gguf', 'cache_root', 'resolve_source', 'gguf_cache_dir',
+           'cached_gguf', 'load_pretrained', 'load_tokenizer', 'generate_text']
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
-HF_MODEL_TYPES = ('llama', 'mistral', 'qwen3')   # qwen3: llama with QK-norm
+HF_MODEL_TYPES = ('llama', 'mistral', 'qwen3', 'mixtral', 'qwen3_moe')   # qwen3: llama with QK-norm; the last two: experts
 _RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap', 'init')   # llmlab's options; Hugging Face spells them by architecture
 _CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn_backend',) + _RECIPE_FIELDS]
+_DENSE_FIELDS = [f for f in _CONFIG_FIELDS if f not in MOE_FIELDS]
+
+def _moe_from_hf(d:dict, model_type:str) -> dict:
+    "The mixture-of-experts fields of a Mixtral or Qwen3-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
+    if model_type not in ('mixtral', 'qwen3_moe'): return {}
+    moe = {'mlp': 'moe', 'num_experts': d.get('num_local_experts', d.get('num_experts'))}
+    if model_type == 'mixtral': moe.update(moe_intermediate_size=d['intermediate_size'], norm_topk_prob=True)
+    if not d.get('output_router_logits'): moe['router_aux_loss_coef'] = 0.0   # transformers adds it to the loss only when asked
+    return moe
 
 def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') -> ModelConfig:
     "A `ModelConfig` from the dict of a Hugging Face `config.json`."
@@ -44,16 +54,18 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
     rope.pop('rope_theta', None)
     if 'rope_scaling' not in fields and rope.get('rope_type', 'default') != 'default': fields['rope_scaling'] = rope
     if isinstance(fields.get('rope_theta'), int): fields['rope_theta'] = float(fields['rope_theta'])
-    return ModelConfig.from_dict({**fields, 'attn_backend': attn_backend, 'qk_norm': model_type == 'qwen3'}, prefix=source)
+    return ModelConfig.from_dict({**fields, **_moe_from_hf(d, model_type), 'attn_backend': attn_backend,
+                                  'qk_norm': model_type in ('qwen3', 'qwen3_moe')}, prefix=source)
 
 def config_to_hf(config:ModelConfig, dtype:torch.dtype=torch.float32) -> dict:
-    "The `config.json` dict that `transformers` reads as a `LlamaConfig` (a `Qwen3Config` with `qk_norm`)."
-    if config.mlp != 'swiglu' or config.logit_softcap is not None:
+    "The `config.json` dict `transformers` reads as a `LlamaConfig` (`Qwen3Config` with `qk_norm`; Mixtral's, Qwen3-MoE's with experts)."
+    if config.mlp not in ('swiglu', 'moe') or config.logit_softcap is not None:
         raise CheckpointError(f"no Hugging Face llama-family architecture has mlp={config.mlp!r} or logit_softcap={config.logit_softcap}: "
                               "transformers would build another model from this config.json. Keep such a model in llmlab's "
                               "training checkpoints (Trainer, safetensors) instead")
-    d = {k: v for k, v in config.to_dict().items() if k in _CONFIG_FIELDS}
+    d = {k: v for k, v in config.to_dict().items() if k in _DENSE_FIELDS}
     arch, kind = ('Qwen3ForCausalLM', 'qwen3') if config.qk_norm else ('LlamaForCausalLM', 'llama')
+    if config.mlp == 'moe': (arch, kind), d = _moe_arch(config), {**d, **_moe_to_hf(config)}
     return {'architectures': [arch], 'model_type': kind, 'hidden_act': 'silu', **d,
             **({'use_sliding_window': False, 'sliding_window': None} if config.qk_norm else {}),
             'torch_dtype': dtype_name(dtype), 'use_cache': True}
@@ -95,6 +107,7 @@ def model_from_state_dict(config:ModelConfig, state_dict:dict[str, Tensor], dtyp
     with torch.device('meta'): model = Llama(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     sd = {k.removeprefix('model.'): v for k, v in state_dict.items() if not k.endswith('rotary_emb.inv_freq')}
+    if config.mlp == 'moe': sd = pack_experts(sd, config.num_experts, source)
     if config.tie_word_embeddings:
         expected.pop('lm_head.weight'); sd.pop('lm_head.weight', None)
     missing, unexpected = sorted(expected.keys() - sd.keys()), sorted(sd.keys() - expected.keys())
@@ -141,12 +154,13 @@ def save_hf_dir(model:Llama, path, tokenizer=None, max_shard_size:str|int='5GB')
     tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
     try:
         tmp.mkdir()
-        cfg = model.config
+        cfg, dtype = model.config, next(model.parameters()).dtype
+        hf_config = config_to_hf(cfg, dtype)   # refuses what transformers cannot build, before writing
         sd = {('' if k.startswith('lm_head') else 'model.') + k: v.detach().contiguous().cpu()
               for k, v in model.state_dict().items() if not (cfg.tie_word_embeddings and k == 'lm_head.weight')}
+        if cfg.mlp == 'moe': sd = unpack_experts(sd, hf_config['model_type'])   # per expert, as transformers writes them
         save_torch_state_dict(sd, tmp, max_shard_size=max_shard_size)
-        dtype = next(model.parameters()).dtype
-        (tmp / 'config.json').write_text(json.dumps(config_to_hf(cfg, dtype), indent=2))
+        (tmp / 'config.json').write_text(json.dumps(hf_config, indent=2))
         gen = {k: getattr(cfg, k) for k in ('bos_token_id', 'eos_token_id', 'pad_token_id') if getattr(cfg, k) is not None}
         (tmp / 'generation_config.json').write_text(json.dumps(gen, indent=2))
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
@@ -156,6 +170,64 @@ def save_hf_dir(model:Llama, path, tokenizer=None, max_shard_size:str|int='5GB')
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+# %% ../nbs/03_checkpoints.ipynb #196b4e07
+_PER_EXPERT = re.compile(r'(.*)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$')
+_MIXTRAL_NAMES = {'w1': 'gate_proj', 'w3': 'up_proj', 'w2': 'down_proj'}
+
+def pack_experts(sd:dict, num_experts:int, source:str='checkpoint') -> dict:
+    "Per-expert tensors (Qwen's or Mixtral's names) packed as llmlab's `mlp.experts.gate_up_proj` and `down_proj`; packed ones pass."
+    out, layers = {}, {}
+    for k, v in sd.items():
+        m = _PER_EXPERT.match(k)
+        if m: layers.setdefault(m[1], {})[int(m[2]), _MIXTRAL_NAMES.get(m[3], m[3])] = v
+        else: out[k.replace('.block_sparse_moe.', '.mlp.')] = v
+    for layer, w in layers.items():
+        missing = [f'experts.{e}.{n}' for e in range(num_experts) for n in ('gate_proj', 'up_proj', 'down_proj') if (e, n) not in w]
+        extra = sorted({e for e, _ in w if e >= num_experts})
+        if missing or extra:
+            raise CheckpointError(f"{source}: {layer} has {'no ' + ', '.join(missing[:4]) if missing else f'experts {extra}'}"
+                                  f"{'...' if len(missing) > 4 else ''} for num_experts={num_experts} in config.json: the file is "
+                                  "incomplete or written for another number of experts")
+        out[f'{layer}.mlp.experts.gate_up_proj'] = torch.stack([torch.cat([w[e, 'gate_proj'], w[e, 'up_proj']]) for e in range(num_experts)])
+        out[f'{layer}.mlp.experts.down_proj'] = torch.stack([w[e, 'down_proj'] for e in range(num_experts)])
+    return out
+
+def unpack_experts(sd:dict, model_type:str) -> dict:
+    "llmlab's packed experts as the per-expert tensors transformers writes for `model_type` ('mixtral' or 'qwen3_moe')."
+    module, names = ('block_sparse_moe', ('w1', 'w3', 'w2')) if model_type == 'mixtral' else ('mlp', ('gate_proj', 'up_proj', 'down_proj'))
+    out = {}
+    for k, v in sd.items():
+        layer, _, name = k.rpartition('.mlp.')
+        if name == 'experts.gate_up_proj':
+            for e, (gate, up) in enumerate(t.chunk(2) for t in v):
+                out[f'{layer}.{module}.experts.{e}.{names[0]}.weight'], out[f'{layer}.{module}.experts.{e}.{names[1]}.weight'] = gate.clone(), up.clone()
+        elif name == 'experts.down_proj':
+            for e, t in enumerate(v): out[f'{layer}.{module}.experts.{e}.{names[2]}.weight'] = t.clone()
+        else: out[f'{layer}.{module}.{name}' if name == 'gate.weight' else k] = v
+    return out
+
+
+# %% ../nbs/03_checkpoints.ipynb #6755aae6
+def _moe_arch(c:ModelConfig) -> tuple[str, str]:
+    "Mixtral (no QK-norm) or Qwen3-MoE (QK-norm), when transformers' model of that type computes what `c` says."
+    needs = {'scoring_func': 'softmax', 'n_group': 1, 'routed_scaling_factor': 1.0, 'shared_expert_intermediate_size': 0,
+             'expert_bias': False, 'first_k_dense_replace': 0, 'capacity_factor': None}
+    if not c.qk_norm: needs.update(norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                                   moe_intermediate_size=c.moe_intermediate_size and c.intermediate_size)
+    wrong = [f'{k}={getattr(c, k)!r}' for k, v in needs.items() if getattr(c, k) != v]
+    name = 'Qwen3MoeForCausalLM' if c.qk_norm else 'MixtralForCausalLM'
+    if wrong: raise CheckpointError(f"transformers' {name} has no {', '.join(wrong)}: it would build another model from this "
+                                    "config.json. Keep such a model in llmlab's training checkpoints (Trainer, safetensors) instead")
+    return name, 'qwen3_moe' if c.qk_norm else 'mixtral'
+
+def _moe_to_hf(c:ModelConfig) -> dict:
+    d = {'num_local_experts': c.num_experts, 'num_experts_per_tok': c.num_experts_per_tok,
+         'output_router_logits': c.router_aux_loss_coef > 0, 'router_aux_loss_coef': c.router_aux_loss_coef}
+    if c.qk_norm: d.update(moe_intermediate_size=c.moe_intermediate_size or c.intermediate_size, norm_topk_prob=c.norm_topk_prob,
+                           decoder_sparse_step=c.decoder_sparse_step, mlp_only_layers=c.mlp_only_layers)
+    return d
+
 
 # %% ../nbs/03_checkpoints.ipynb #1bc361c1
 _GGUF_NAMES = {'token_embd': 'model.embed_tokens', 'output_norm': 'model.norm', 'output': 'lm_head',

@@ -18,8 +18,9 @@ from .model import Block, Llama, ModelConfig, mlp_kinds
 
 # %% auto #0
 __all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_every',
-           'checkpoint_model', 'Hardware', 'Layout', 'as_model_config', 'parameter_counts', 'model_flops_per_token',
-           'block_activation_bytes', 'Plan', 'plan', 'implied_throughput', 'measure_step', 'simulate_sharding']
+           'checkpoint_model', 'Hardware', 'Layout', 'as_model_config', 'parameter_counts',
+           'unused_parameters_per_token', 'model_flops_per_token', 'block_activation_bytes', 'Plan', 'plan',
+           'implied_throughput', 'measure_step', 'simulate_sharding']
 
 # %% ../nbs/06_memory.ipynb #6aa04993
 CHECKPOINT_POLICIES = ('none', 'full', 'attention', 'mlp', 'selective', 'offload')   # and 'every_N'
@@ -102,20 +103,27 @@ def as_model_config(model) -> ModelConfig:
 # %% ../nbs/06_memory.ipynb #5d1a96f2
 def parameter_counts(cfg:ModelConfig) -> dict:
     "Parameters by where the parallel plans put them: `blocks` (split by TP), `embedding`, `head`, `norms`."
-    h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    h, hd, L = cfg.hidden_size, cfg.head_dim, cfg.num_hidden_layers
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    mats = 3 if mlp_kinds[cfg.mlp].gated else 2   # gate, up, down; an ungated MLP (relu2) has no gate
-    per_block = (h * q + 2 * h * kv + q * h + mats * h * i + (q + 2 * kv + h if cfg.attention_bias else 0)
-                 + ((mats - 1) * i + h if cfg.mlp_bias else 0))
+    attention = h * q + 2 * h * kv + q * h + (q + 2 * kv + h if cfg.attention_bias else 0)
+    feed_forward = sum(_feed_forward_parameters(cfg, layer)[0] for layer in range(L))   # each kind counts its own
     norms = 2 * h + (2 * hd if cfg.qk_norm else 0)
-    return {'blocks': cfg.num_hidden_layers * per_block, 'block_norms': cfg.num_hidden_layers * norms, 'norm': h,
+    return {'blocks': L * attention + feed_forward, 'block_norms': L * norms, 'norm': h,
             'embedding': cfg.vocab_size * h, 'head': 0 if cfg.tie_word_embeddings else cfg.vocab_size * h}
+
+def _feed_forward_parameters(cfg:ModelConfig, layer:int) -> tuple[int, int]: return mlp_kinds[cfg.mlp_kind(layer)].parameter_counts(cfg)
+
+def unused_parameters_per_token(cfg:ModelConfig) -> int:
+    "Parameters a token does not pass through: the experts it is not routed to (0 for a dense model)."
+    return sum(total - used for total, used in (_feed_forward_parameters(cfg, l) for l in range(cfg.num_hidden_layers)))
 
 def model_flops_per_token(cfg, seq_len:int, n_params:int|None=None) -> float:
     """Training FLOPs per token: 6 x parameters (forward and backward), plus 12 x layers x attention width x sequence for
     the attention scores. The parameters are counted from `cfg` (an llmlab `ModelConfig`) unless `n_params` is given, as
-    the Trainer gives it for other models (a Hugging Face config, LoRA adapters)."""
+    the Trainer gives it for other models (a Hugging Face config, LoRA adapters). A mixture of experts counts the experts a
+    token is routed to, not all of them."""
     n = n_params if n_params is not None else sum(parameter_counts(cfg).values())
+    if isinstance(cfg, ModelConfig): n -= unused_parameters_per_token(cfg)
     head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
     return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len
 

@@ -7,7 +7,7 @@ Docs: https://llmlab.github.io/llmlab/model.html.md"""
 # %% ../nbs/02_model.ipynb #e0d4a2bd
 from __future__ import annotations
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import torch
@@ -55,8 +55,34 @@ class ModelConfig(Config):
     mlp: str = 'swiglu'                        # a name in `mlp_kinds`: 'relu2' is down(relu(up(x))^2), no gate (modded-nanogpt)
     zero_init_output: bool = False             # o_proj and down_proj start at zero, so every block starts as the identity
     logit_softcap: Optional[float] = None      # logits = cap * tanh(logits / cap) (Gemma 2's final_logit_softcapping)
+    # mixture of experts (mlp='moe', llmlab.moe), in Hugging Face's names (Qwen3-MoE's, DeepSeek-V3's for what it adds)
+    num_experts: int = 0                       # routed experts in each sparse layer
+    num_experts_per_tok: int = 2               # top-k: experts each token is sent to
+    moe_intermediate_size: Optional[int] = None   # each expert's width (None: intermediate_size)
+    scoring_func: str = 'softmax'              # the router's scores: a name in `llmlab.moe.scoring_funcs` (softmax, sigmoid)
+    norm_topk_prob: bool = True                # the k chosen weights renormalised to sum to 1
+    routed_scaling_factor: float = 1.0         # the routed experts' output scaled (DeepSeek-V3: 2.5)
+    n_group: int = 1                           # group-limited routing: experts in n_group groups, each token
+    topk_group: int = 1                        #   choosing among the best topk_group groups (DeepSeek-V3: 8, 4)
+    shared_expert_intermediate_size: int = 0   # an always-on SwiGLU expert of this width beside the routed ones (0: none)
+    shared_expert_gate: bool = False           # Qwen2-MoE's sigmoid gate on the shared expert's output
+    first_k_dense_replace: int = 0             # the first k layers keep a dense MLP (DeepSeek-V3: 3)
+    decoder_sparse_step: int = 1               # every n-th layer is sparse (Qwen2-MoE)
+    mlp_only_layers: list = field(default_factory=list)   # and these layers are dense
+    expert_bias: bool = False                  # a per-expert bias on the scores that steers the choice only (DeepSeek-V3's e_score_correction_bias)
+    capacity_factor: Optional[float] = None    # None: dropless; else an expert takes at most ceil(factor * tokens * k / experts) tokens
+    experts_impl: str = 'grouped_mm'           # a name in `llmlab.moe.experts_impls`: loop, grouped_mm
+    router_aux_loss_coef: float = 0.0          # balancing (llmlab.moe), 0: off: Switch's load-balancing loss (Mixtral 0.02)
+    router_z_loss_coef: float = 0.0            #   ST-MoE's router z-loss (OLMoE 1e-3)
+    seq_aux_loss_coef: float = 0.0             #   DeepSeek-V3's sequence-wise balance loss (1e-4)
+    expert_bias_update_rate: float = 0.0       #   auxiliary-loss-free: expert_bias moves by this x sign(mean load - load) each step
 
-    def validate(self): _check_shape(self); _check_choices(self)
+    def mlp_kind(self, layer:int) -> str:
+        "The feed-forward kind of block `layer`: `mlp`, except the dense layers of a mixture of experts."
+        dense = layer < self.first_k_dense_replace or layer in self.mlp_only_layers or (layer + 1) % self.decoder_sparse_step
+        return 'swiglu' if self.mlp == 'moe' and dense else self.mlp
+
+    def validate(self): _check_shape(self); _check_choices(self); _check_moe(self)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -86,6 +112,27 @@ def _check_choices(c:ModelConfig):
     if c.logit_softcap is not None and c.logit_softcap <= 0:
         raise ConfigError(f"{c._where('logit_softcap')}={c.logit_softcap} must be positive (or None for no cap)")
 
+def _check_moe(c:ModelConfig):
+    "A mixture of experts needs experts, a top-k it can choose, and groups that divide them."
+    if c.mlp != 'moe': return
+    moe = mlp_kinds['moe']   # the MoE chapter's layer, and the registries of its choices
+    moe.scoring_funcs.check(c.scoring_func, c._where('scoring_func')); moe.experts_impls.check(c.experts_impl, c._where('experts_impl'))
+    if c.num_experts <= 0: raise ConfigError(f"{c._where('num_experts')}={c.num_experts}: mlp='moe' needs at least one expert")
+    if not 0 < c.num_experts_per_tok <= c.num_experts:
+        raise ConfigError(f"{c._where('num_experts_per_tok')}={c.num_experts_per_tok} must be between 1 and num_experts={c.num_experts}")
+    if c.n_group < 1 or c.num_experts % c.n_group or not 0 < c.topk_group <= c.n_group:
+        raise ConfigError(f"{c._where('n_group')}={c.n_group}, topk_group={c.topk_group}: n_group must divide num_experts="
+                          f"{c.num_experts} and topk_group be between 1 and n_group")
+    if c.n_group > 1 and c.topk_group * (c.num_experts // c.n_group) < c.num_experts_per_tok:
+        raise ConfigError(f"{c._where('topk_group')}={c.topk_group} groups of {c.num_experts // c.n_group} experts hold fewer than "
+                          f"num_experts_per_tok={c.num_experts_per_tok}")
+    for name in ('router_aux_loss_coef', 'router_z_loss_coef', 'seq_aux_loss_coef', 'expert_bias_update_rate'):
+        if getattr(c, name) < 0: raise ConfigError(f"{c._where(name)}={getattr(c, name)} must be >= 0 (0: off)")
+    if c.expert_bias_update_rate and not c.expert_bias:
+        raise ConfigError(f"{c._where('expert_bias_update_rate')}={c.expert_bias_update_rate} moves expert_bias: set expert_bias=True")
+    if c.capacity_factor is not None and c.capacity_factor <= 0:
+        raise ConfigError(f"{c._where('capacity_factor')}={c.capacity_factor} must be positive (or None: dropless)")
+
 # %% ../nbs/02_model.ipynb #2d796454
 init_schemes = Registry('init scheme')   # `ModelConfig.init` -> fn(model) drawing a new model's weights in place
 
@@ -93,6 +140,8 @@ def _normal_weights(model:nn.Module, std:float):
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=std)
         if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
+        for p in m.parameters(recurse=False):
+            if p.ndim == 3: nn.init.normal_(p, std=std)   # experts packed as (experts, out, in)
 
 @init_schemes.register('small')
 def small_init(model:nn.Module):
@@ -100,7 +149,7 @@ def small_init(model:nn.Module):
     d, L = model.config.hidden_size, model.config.num_hidden_layers
     _normal_weights(model, math.sqrt(2 / (5 * d)))
     for block in model.layers:
-        for proj in (block.self_attn.o_proj, block.mlp.down_proj): nn.init.normal_(proj.weight, std=1 / (math.sqrt(d) * L))
+        for w in (block.self_attn.o_proj.weight, *block.mlp.output_weights()): nn.init.normal_(w, std=1 / (math.sqrt(d) * L))
 
 @init_schemes.register('normal')
 def normal_init(model:nn.Module):
@@ -114,11 +163,18 @@ mlp_kinds = Registry('mlp kind')   # `ModelConfig.mlp` -> the feed-forward modul
 class MLP(nn.Module):
     "SwiGLU, `down(silu(gate(x)) * up(x))`: LLaMA's MLP."
     gated = True
-    def __init__(self, config:ModelConfig):
+    def __init__(self, config:ModelConfig, intermediate_size:int|None=None):
         super().__init__()
-        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        h, i, bias = config.hidden_size, intermediate_size or config.intermediate_size, config.mlp_bias
         self.gate_proj, self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
     def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def output_weights(self) -> list: return [self.down_proj.weight]
+    @staticmethod
+    def parameter_counts(config:ModelConfig, intermediate_size:int|None=None) -> tuple[int, int]:
+        "Parameters (total, used per token) of this MLP under `config`."
+        h, i = config.hidden_size, intermediate_size or config.intermediate_size
+        n = 3 * h * i + (2 * i + h if config.mlp_bias else 0)
+        return n, n
 
 @mlp_kinds.register('relu2')
 class ReLU2MLP(nn.Module):
@@ -129,6 +185,14 @@ class ReLU2MLP(nn.Module):
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
     def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.relu(self.up_proj(x)).square())
+    def output_weights(self) -> list: return [self.down_proj.weight]
+    @staticmethod
+    def parameter_counts(config:ModelConfig) -> tuple[int, int]:
+        h, i = config.hidden_size, config.intermediate_size
+        n = 2 * h * i + (i + h if config.mlp_bias else 0)
+        return n, n
+
+mlp_kinds.register_lazy('moe', 'llmlab.moe')   # a mixture of experts: its own chapter
 
 # %% ../nbs/02_model.ipynb #444b80e1
 class RMSNorm(nn.Module):
@@ -224,7 +288,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = mlp_kinds[config.mlp](config)
+        self.mlp = mlp_kinds[config.mlp_kind(layer_idx)](config)
 
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache:KVCache|None=None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
@@ -285,7 +349,8 @@ class Llama(nn.Module):
         "New weights as `config.init` says; with `zero_init_output` zero attention and MLP output projections."
         init_schemes[self.config.init](self)
         if self.config.zero_init_output:
-            for block in self.layers: nn.init.zeros_(block.self_attn.o_proj.weight); nn.init.zeros_(block.mlp.down_proj.weight)
+            for block in self.layers:
+                for w in (block.self_attn.o_proj.weight, *block.mlp.output_weights()): nn.init.zeros_(w)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings: self.lm_head.weight = self.embed_tokens.weight

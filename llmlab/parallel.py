@@ -31,6 +31,9 @@ def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
     "Shard every block of `model` over the 1-d `mesh` (in place); heads and the MLP width must divide by its size."
     from torch.distributed.tensor.parallel import parallelize_module
     tp, cfg = mesh.size(), model.config
+    if cfg.mlp == 'moe':
+        raise ValueError("tensor parallelism of a mixture of experts' layers is not implemented (it shards each expert; expert "
+                         "parallelism, which places whole experts, is the usual choice): train it with data parallelism or FSDP")
     for name, n in (('num_attention_heads', cfg.num_attention_heads), ('num_key_value_heads', cfg.num_key_value_heads),
                     ('intermediate_size', cfg.intermediate_size)):
         if n % tp: raise ValueError(f"{name}={n} is not divisible by the tensor-parallel size {tp}; choose a size that divides it")

@@ -24,6 +24,7 @@ from .data import ResumableSampler, TokenShards, build_shards, demo_corpus, demo
 from .memory import checkpoint_every, checkpoint_model, model_flops_per_token
 from .parallel import clip_grad_norm, data_parallel_rank, parallel_mesh, parallelize
 from .model import lm_loss
+from .moe import moe_aux_loss, moe_step_metrics
 
 # %% auto #0
 __all__ = ['TRACKERS', 'optimizers', 'schedules', 'parallelisms', 'TRAIN_SECTIONS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS',
@@ -228,7 +229,10 @@ class DataParallel:
         else: acc.load_state(str(folder))
 
     def full_state_dict(self, acc, model) -> dict:
-        return {k: v.detach().cpu() for k, v in acc.unwrap_model(model).state_dict().items()}
+        # not `acc.unwrap_model`: it imports DeepSpeed (and MLflow with it, 3-4 s a process) to check for an engine
+        while isinstance(model, torch.nn.parallel.DistributedDataParallel) or hasattr(model, '_orig_mod'):
+            model = getattr(model, '_orig_mod', None) or model.module
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 # %% ../nbs/08_train.ipynb #5420bffd
 class FullyShardedParallel(DataParallel):
@@ -644,7 +648,8 @@ def _step(self:Trainer, batches) -> tuple[float, float, bool]:
         batch = next(batches)
         with par.sync(acc, self.model, micro == self.accum - 1), acc.autocast():
             loss = self.loss_fn(self.model, batch)
-        par.backward(acc, self.model, loss, self.accum)
+            aux = moe_aux_loss(self.model)                          # a mixture of experts' balancing losses (None: none)
+        par.backward(acc, self.model, loss if aux is None else loss + aux, self.accum)
         total_loss += loss.detach() / self.accum
         st.tokens += batch['input_ids'].numel() * self.dp_size
     grad_norm = par.clip(acc, self.model, c.grad_clip)
@@ -658,6 +663,7 @@ def _step(self:Trainer, batches) -> tuple[float, float, bool]:
                                       f"{st.step + 1} and stopping; resume='auto' continues from there", file=sys.stderr, flush=True)
     finite = bool(torch.isfinite(mean_loss).all()) and math.isfinite(grad_norm)
     par.step(self.optimizer, finite)
+    self.moe_record = moe_step_metrics(self.model)   # experts' loads and balancing losses for the log; moves expert biases
     self.bad_steps = 0 if finite else self.bad_steps + 1
     self.scheduler.step()
     st.step += 1
@@ -713,7 +719,8 @@ def _fit(self:Trainer, heartbeat:Heartbeat) -> dict:
         loss, grad_norm, finite = self._step(batches)
         heartbeat.update(step=st.step)
         bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
-        record = {'step': st.step, 'loss': loss, 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm, 'tokens': st.tokens}
+        record = {'step': st.step, 'loss': loss, 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm, 'tokens': st.tokens,
+                  **self.moe_record}
         if not finite:
             self.metrics.log({**record, 'skipped': True})
             if self.bad_steps >= c.max_bad_steps:
