@@ -25,16 +25,17 @@ __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_
            'cached_gguf', 'load_pretrained', 'load_tokenizer', 'generate_text']
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
-HF_MODEL_TYPES = ('llama', 'mistral', 'qwen3', 'mixtral', 'qwen3_moe')   # qwen3: llama with QK-norm; the last two: experts
+HF_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'mixtral', 'qwen2_moe', 'qwen3_moe')   # qwen2: q/k/v biases; qwen3: QK-norm
 _RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap', 'init')   # llmlab's options; Hugging Face spells them by architecture
 _CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn_backend',) + _RECIPE_FIELDS]
 _DENSE_FIELDS = [f for f in _CONFIG_FIELDS if f not in MOE_FIELDS]
 
 def _moe_from_hf(d:dict, model_type:str) -> dict:
-    "The mixture-of-experts fields of a Mixtral or Qwen3-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
-    if model_type not in ('mixtral', 'qwen3_moe'): return {}
+    "The mixture-of-experts fields of a Mixtral or Qwen-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
+    if model_type not in ('mixtral', 'qwen2_moe', 'qwen3_moe'): return {}
     moe = {'mlp': 'moe', 'num_experts': d.get('num_local_experts', d.get('num_experts'))}
     if model_type == 'mixtral': moe.update(moe_intermediate_size=d['intermediate_size'], norm_topk_prob=True)
+    if model_type == 'qwen2_moe': moe.update(shared_expert_gate=True, qkv_bias=d.get('qkv_bias', True))
     if not d.get('output_router_logits'): moe['router_aux_loss_coef'] = 0.0   # transformers adds it to the loss only when asked
     return moe
 
@@ -54,20 +55,30 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
     rope.pop('rope_theta', None)
     if 'rope_scaling' not in fields and rope.get('rope_type', 'default') != 'default': fields['rope_scaling'] = rope
     if isinstance(fields.get('rope_theta'), int): fields['rope_theta'] = float(fields['rope_theta'])
-    return ModelConfig.from_dict({**fields, **_moe_from_hf(d, model_type), 'attn_backend': attn_backend,
+    return ModelConfig.from_dict({**fields, 'qkv_bias': model_type == 'qwen2', **_moe_from_hf(d, model_type), 'attn_backend': attn_backend,
                                   'qk_norm': model_type in ('qwen3', 'qwen3_moe')}, prefix=source)
 
+def _refuse(name:str, c:ModelConfig, needs:dict):
+    wrong = [f'{k}={getattr(c, k)!r}' for k, v in needs.items() if getattr(c, k) != v]
+    if wrong: raise CheckpointError(f"transformers' {name} has no {', '.join(wrong)}: it would build another model from this "
+                                    "config.json. Keep such a model in llmlab's training checkpoints (Trainer, safetensors) instead")
+
+def _dense_arch(c:ModelConfig) -> tuple[str, str]:
+    "Llama, Qwen2 (q/k/v biases) or Qwen3 (QK-norm)."
+    if c.qkv_bias: _refuse('Qwen2ForCausalLM', c, {'qk_norm': False, 'attention_bias': False}); return 'Qwen2ForCausalLM', 'qwen2'
+    return ('Qwen3ForCausalLM', 'qwen3') if c.qk_norm else ('LlamaForCausalLM', 'llama')
+
 def config_to_hf(config:ModelConfig, dtype:torch.dtype=torch.float32) -> dict:
-    "The `config.json` dict `transformers` reads as a `LlamaConfig` (`Qwen3Config` with `qk_norm`; Mixtral's, Qwen3-MoE's with experts)."
+    "The `config.json` dict `transformers` reads as the architecture that computes what `config` says (Llama, Qwen2/3, their MoEs, Mixtral)."
     if config.mlp not in ('swiglu', 'moe') or config.logit_softcap is not None:
         raise CheckpointError(f"no Hugging Face llama-family architecture has mlp={config.mlp!r} or logit_softcap={config.logit_softcap}: "
                               "transformers would build another model from this config.json. Keep such a model in llmlab's "
                               "training checkpoints (Trainer, safetensors) instead")
-    d = {k: v for k, v in config.to_dict().items() if k in _DENSE_FIELDS}
-    arch, kind = ('Qwen3ForCausalLM', 'qwen3') if config.qk_norm else ('LlamaForCausalLM', 'llama')
-    if config.mlp == 'moe': (arch, kind), d = _moe_arch(config), {**d, **_moe_to_hf(config)}
+    d = {k: v for k, v in config.to_dict().items() if k in _DENSE_FIELDS and k != 'qkv_bias'}
+    arch, kind = _moe_arch(config) if config.mlp == 'moe' else _dense_arch(config)
+    if config.mlp == 'moe': d.update(_moe_to_hf(config, kind))
     return {'architectures': [arch], 'model_type': kind, 'hidden_act': 'silu', **d,
-            **({'use_sliding_window': False, 'sliding_window': None} if config.qk_norm else {}),
+            **({'use_sliding_window': False, 'sliding_window': None} if kind.startswith('qwen') else {}),
             'torch_dtype': dtype_name(dtype), 'use_cache': True}
 
 # %% ../nbs/03_checkpoints.ipynb #40454e48
@@ -210,22 +221,22 @@ def unpack_experts(sd:dict, model_type:str) -> dict:
 
 # %% ../nbs/03_checkpoints.ipynb #6755aae6
 def _moe_arch(c:ModelConfig) -> tuple[str, str]:
-    "Mixtral (no QK-norm) or Qwen3-MoE (QK-norm), when transformers' model of that type computes what `c` says."
-    needs = {'scoring_func': 'softmax', 'n_group': 1, 'routed_scaling_factor': 1.0, 'shared_expert_intermediate_size': 0,
-             'expert_bias': False, 'first_k_dense_replace': 0, 'capacity_factor': None}
-    if not c.qk_norm: needs.update(norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-                                   moe_intermediate_size=c.moe_intermediate_size and c.intermediate_size)
-    wrong = [f'{k}={getattr(c, k)!r}' for k, v in needs.items() if getattr(c, k) != v]
-    name = 'Qwen3MoeForCausalLM' if c.qk_norm else 'MixtralForCausalLM'
-    if wrong: raise CheckpointError(f"transformers' {name} has no {', '.join(wrong)}: it would build another model from this "
-                                    "config.json. Keep such a model in llmlab's training checkpoints (Trainer, safetensors) instead")
-    return name, 'qwen3_moe' if c.qk_norm else 'mixtral'
+    "Qwen2-MoE (a gated shared expert), Qwen3-MoE (QK-norm) or Mixtral, when transformers' model computes what `c` says."
+    needs = {'scoring_func': 'softmax', 'n_group': 1, 'routed_scaling_factor': 1.0, 'expert_bias': False,
+             'first_k_dense_replace': 0, 'capacity_factor': None}
+    if c.shared_expert_intermediate_size: (name, kind), more = ('Qwen2MoeForCausalLM', 'qwen2_moe'), {'shared_expert_gate': True, 'qk_norm': False, 'attention_bias': False}
+    elif c.qk_norm: (name, kind), more = ('Qwen3MoeForCausalLM', 'qwen3_moe'), {'qkv_bias': False}
+    else: (name, kind), more = ('MixtralForCausalLM', 'mixtral'), {'qkv_bias': False, 'attention_bias': False, 'norm_topk_prob': True,
+              'decoder_sparse_step': 1, 'mlp_only_layers': [], 'moe_intermediate_size': c.moe_intermediate_size and c.intermediate_size}
+    _refuse(name, c, {**needs, **more})
+    return name, kind
 
-def _moe_to_hf(c:ModelConfig) -> dict:
+def _moe_to_hf(c:ModelConfig, kind:str) -> dict:
     d = {'num_local_experts': c.num_experts, 'num_experts_per_tok': c.num_experts_per_tok,
          'output_router_logits': c.router_aux_loss_coef > 0, 'router_aux_loss_coef': c.router_aux_loss_coef}
-    if c.qk_norm: d.update(moe_intermediate_size=c.moe_intermediate_size or c.intermediate_size, norm_topk_prob=c.norm_topk_prob,
-                           decoder_sparse_step=c.decoder_sparse_step, mlp_only_layers=c.mlp_only_layers)
+    if kind != 'mixtral': d.update(moe_intermediate_size=c.moe_intermediate_size or c.intermediate_size, norm_topk_prob=c.norm_topk_prob,
+                                   decoder_sparse_step=c.decoder_sparse_step, mlp_only_layers=c.mlp_only_layers)
+    if kind == 'qwen2_moe': d.update(num_experts=c.num_experts, shared_expert_intermediate_size=c.shared_expert_intermediate_size, qkv_bias=c.qkv_bias)
     return d
 
 

@@ -105,7 +105,7 @@ def parameter_counts(cfg:ModelConfig) -> dict:
     "Parameters by where the parallel plans put them: `blocks` (split by TP), `embedding`, `head`, `norms`."
     h, hd, L = cfg.hidden_size, cfg.head_dim, cfg.num_hidden_layers
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    attention = h * q + 2 * h * kv + q * h + (q + 2 * kv + h if cfg.attention_bias else 0)
+    attention = h * q + 2 * h * kv + q * h + (q + 2 * kv if cfg.attention_bias or cfg.qkv_bias else 0) + (h if cfg.attention_bias else 0)
     feed_forward = sum(_feed_forward_parameters(cfg, layer)[0] for layer in range(L))   # each kind counts its own
     norms = 2 * h + (2 * hd if cfg.qk_norm else 0)
     return {'blocks': L * attention + feed_forward, 'block_norms': L * norms, 'norm': h,
@@ -287,8 +287,9 @@ def measure_step(cfg:ModelConfig, batch_size:int, seq_len:int, precision:str='fp
     return int(next(iter(peak.values()))['Total'])
 
 # %% ../nbs/06_memory.ipynb #3c29c12f
-def simulate_sharding(cfg:ModelConfig=LLAMA3_70B, world_size:int=64, tp:int=1, precision:str='bf16-mixed') -> dict:
-    "Shard `cfg` (built on the meta device) with llmlab's FSDP2 (and TP) plans over a fake process group of `world_size`."
+def simulate_sharding(cfg:ModelConfig|None=None, world_size:int=64, tp:int=1, precision:str='bf16-mixed') -> dict:
+    "Shard `cfg` (None: `LLAMA3_70B`; built on the meta device) with llmlab's FSDP2 (and TP) plans over a fake process group of `world_size`."
+    cfg = cfg or LLAMA3_70B
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
     from torch.testing._internal.distributed.fake_pg import FakeStore

@@ -42,7 +42,8 @@ class ModelConfig(Config):
     rope_theta: float = 10000.0
     rope_scaling: Optional[dict] = None        # {'rope_type': 'llama3' | 'linear', 'factor': ..., ...}: `rope_scalings`
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False               # a bias on q, k, v and o (Llama's)
+    qkv_bias: bool = False                     # a bias on q, k and v only (Qwen2's)
     mlp_bias: bool = False
     init: str = 'small'                        # how a new model's weights are drawn: a name in `init_schemes`
     initializer_range: float = 0.02            # the standard deviation of init='normal' (Hugging Face's)
@@ -261,11 +262,11 @@ class Attention(nn.Module):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        bias = config.attention_bias
+        bias = config.attention_bias or config.qkv_bias
         self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
         if config.qk_norm: self.q_norm, self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps), RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def rotate(self, x:Tensor, cos:Tensor, sin:Tensor) -> Tensor: return apply_rotary(x, cos, sin)   # a fused kernel can take over
