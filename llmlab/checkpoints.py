@@ -25,17 +25,18 @@ __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_
            'cached_gguf', 'load_pretrained', 'load_tokenizer', 'generate_text']
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
-HF_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'mixtral', 'qwen2_moe', 'qwen3_moe')   # qwen2: q/k/v biases; qwen3: QK-norm
+HF_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe')   # qwen2: q/k/v biases; qwen3: QK-norm
 _RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap', 'init')   # llmlab's options; Hugging Face spells them by architecture
 _CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn_backend',) + _RECIPE_FIELDS]
 _DENSE_FIELDS = [f for f in _CONFIG_FIELDS if f not in MOE_FIELDS]
 
 def _moe_from_hf(d:dict, model_type:str) -> dict:
     "The mixture-of-experts fields of a Mixtral or Qwen-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
-    if model_type not in ('mixtral', 'qwen2_moe', 'qwen3_moe'): return {}
+    if model_type not in ('mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe'): return {}
     moe = {'mlp': 'moe', 'num_experts': d.get('num_local_experts', d.get('num_experts'))}
     if model_type == 'mixtral': moe.update(moe_intermediate_size=d['intermediate_size'], norm_topk_prob=True)
     if model_type == 'qwen2_moe': moe.update(shared_expert_gate=True, qkv_bias=d.get('qkv_bias', True))
+    if model_type == 'olmoe': moe.update(qk_norm=True, qk_norm_scope='projection', moe_intermediate_size=d['intermediate_size'])
     if not d.get('output_router_logits'): moe['router_aux_loss_coef'] = 0.0   # transformers adds it to the loss only when asked
     return moe
 
@@ -47,6 +48,7 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
                               "checkpoints (LlamaForCausalLM and compatible)")
     if d.get('hidden_act', 'silu') != 'silu':
         raise CheckpointError(f"{source}: hidden_act={d['hidden_act']!r} is not supported; llmlab's MLP is SwiGLU (silu)")
+    if d.get('clip_qkv') is not None: raise CheckpointError(f"{source}: clip_qkv={d['clip_qkv']} is not supported by llmlab's attention")
     if d.get('sliding_window') is not None and d.get('use_sliding_window', model_type != 'qwen3'):
         raise CheckpointError(f"{source}: sliding_window={d['sliding_window']} is not supported by llmlab's decoder")
     fields = {k: d[k] for k in _CONFIG_FIELDS if d.get(k) is not None}
@@ -55,8 +57,8 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
     rope.pop('rope_theta', None)
     if 'rope_scaling' not in fields and rope.get('rope_type', 'default') != 'default': fields['rope_scaling'] = rope
     if isinstance(fields.get('rope_theta'), int): fields['rope_theta'] = float(fields['rope_theta'])
-    return ModelConfig.from_dict({**fields, 'qkv_bias': model_type == 'qwen2', **_moe_from_hf(d, model_type), 'attn_backend': attn_backend,
-                                  'qk_norm': model_type in ('qwen3', 'qwen3_moe')}, prefix=source)
+    return ModelConfig.from_dict({**fields, 'qkv_bias': model_type == 'qwen2', 'qk_norm': model_type in ('qwen3', 'qwen3_moe'),
+                                  **_moe_from_hf(d, model_type), 'attn_backend': attn_backend}, prefix=source)
 
 def _refuse(name:str, c:ModelConfig, needs:dict):
     wrong = [f'{k}={getattr(c, k)!r}' for k, v in needs.items() if getattr(c, k) != v]
@@ -65,6 +67,7 @@ def _refuse(name:str, c:ModelConfig, needs:dict):
 
 def _dense_arch(c:ModelConfig) -> tuple[str, str]:
     "Llama, Qwen2 (q/k/v biases) or Qwen3 (QK-norm)."
+    _refuse('LlamaForCausalLM or Qwen3ForCausalLM', c, {'qk_norm_scope': 'head'})   # OLMo 2 normalises so, but is post-norm
     if c.qkv_bias: _refuse('Qwen2ForCausalLM', c, {'qk_norm': False, 'attention_bias': False}); return 'Qwen2ForCausalLM', 'qwen2'
     return ('Qwen3ForCausalLM', 'qwen3') if c.qk_norm else ('LlamaForCausalLM', 'llama')
 
@@ -225,6 +228,8 @@ def _moe_arch(c:ModelConfig) -> tuple[str, str]:
     needs = {'scoring_func': 'softmax', 'n_group': 1, 'routed_scaling_factor': 1.0, 'expert_bias': False,
              'first_k_dense_replace': 0, 'capacity_factor': None}
     if c.shared_expert_intermediate_size: (name, kind), more = ('Qwen2MoeForCausalLM', 'qwen2_moe'), {'shared_expert_gate': True, 'qk_norm': False, 'attention_bias': False}
+    elif c.qk_norm and c.qk_norm_scope == 'projection': (name, kind), more = ('OlmoeForCausalLM', 'olmoe'), {'qkv_bias': False,
+              'decoder_sparse_step': 1, 'mlp_only_layers': [], 'moe_intermediate_size': c.moe_intermediate_size and c.intermediate_size}
     elif c.qk_norm: (name, kind), more = ('Qwen3MoeForCausalLM', 'qwen3_moe'), {'qkv_bias': False}
     else: (name, kind), more = ('MixtralForCausalLM', 'mixtral'), {'qkv_bias': False, 'attention_bias': False, 'norm_topk_prob': True,
               'decoder_sparse_step': 1, 'mlp_only_layers': [], 'moe_intermediate_size': c.moe_intermediate_size and c.intermediate_size}
@@ -234,8 +239,9 @@ def _moe_arch(c:ModelConfig) -> tuple[str, str]:
 def _moe_to_hf(c:ModelConfig, kind:str) -> dict:
     d = {'num_local_experts': c.num_experts, 'num_experts_per_tok': c.num_experts_per_tok,
          'output_router_logits': c.router_aux_loss_coef > 0, 'router_aux_loss_coef': c.router_aux_loss_coef}
-    if kind != 'mixtral': d.update(moe_intermediate_size=c.moe_intermediate_size or c.intermediate_size, norm_topk_prob=c.norm_topk_prob,
-                                   decoder_sparse_step=c.decoder_sparse_step, mlp_only_layers=c.mlp_only_layers)
+    if kind in ('qwen2_moe', 'qwen3_moe'): d.update(moe_intermediate_size=c.moe_intermediate_size or c.intermediate_size,
+                                                    decoder_sparse_step=c.decoder_sparse_step, mlp_only_layers=c.mlp_only_layers)
+    if kind != 'mixtral': d['norm_topk_prob'] = c.norm_topk_prob
     if kind == 'qwen2_moe': d.update(num_experts=c.num_experts, shared_expert_intermediate_size=c.shared_expert_intermediate_size, qkv_bias=c.qkv_bias)
     return d
 

@@ -107,7 +107,8 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         q = point(p + 'attn.hook_q', attn.q_proj(h).view(B, T, H, D))
         k = point(p + 'attn.hook_k', attn.k_proj(h).view(B, T, Hkv, D))
         v = point(p + 'attn.hook_v', attn.v_proj(h).view(B, T, Hkv, D))
-        if cfg.qk_norm: q, k = attn.q_norm(q), attn.k_norm(k)   # over each head's channels, before the rotation
+        if cfg.qk_norm and cfg.qk_norm_scope == 'head': q, k = attn.q_norm(q), attn.k_norm(k)   # each head's channels, before the rotation
+        elif cfg.qk_norm: q, k = attn.q_norm(q.flatten(2)).view_as(q), attn.k_norm(k.flatten(2)).view_as(k)   # the whole projection
         q = point(p + 'attn.hook_rot_q', apply_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2))
         k = point(p + 'attn.hook_rot_k', apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -128,8 +129,9 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
             up = point(p + 'mlp.hook_pre_linear', mlp.up_proj(h))
             post = point(p + 'mlp.hook_post', F.silu(gate) * up)
         elif isinstance(mlp, ReLU2MLP): post = point(p + 'mlp.hook_post', F.relu(point(p + 'mlp.hook_pre', mlp.up_proj(h))).square())   # TransformerLens's names for an ungated MLP
-        else: raise NotImplementedError(f"run_with_cache has no hook points for the mlp kind {cfg.mlp!r}")
-        mlp_out = point(p + 'hook_mlp_out', mlp.down_proj(post))
+        elif cfg.mlp_kind(i) == 'moe': post = None   # a mixture of experts: its output is a hook point; inside it, none yet
+        else: raise NotImplementedError(f"run_with_cache has no hook points for the mlp kind {cfg.mlp_kind(i)!r}")
+        mlp_out = point(p + 'hook_mlp_out', mlp(h) if post is None else mlp.down_proj(post))
         x = point(p + 'hook_resid_post', x + mlp_out)
     if stop_at_layer is not None and stop_at_layer >= len(model.layers): return None
     if logits_at is not None: x = x[:, list(logits_at)]

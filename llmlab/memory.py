@@ -107,7 +107,7 @@ def parameter_counts(cfg:ModelConfig) -> dict:
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     attention = h * q + 2 * h * kv + q * h + (q + 2 * kv if cfg.attention_bias or cfg.qkv_bias else 0) + (h if cfg.attention_bias else 0)
     feed_forward = sum(_feed_forward_parameters(cfg, layer)[0] for layer in range(L))   # each kind counts its own
-    norms = 2 * h + (2 * hd if cfg.qk_norm else 0)
+    norms = 2 * h + ((2 * hd if cfg.qk_norm_scope == 'head' else q + kv) if cfg.qk_norm else 0)
     return {'blocks': L * attention + feed_forward, 'block_norms': L * norms, 'norm': h,
             'embedding': cfg.vocab_size * h, 'head': 0 if cfg.tie_word_embeddings else cfg.vocab_size * h}
 

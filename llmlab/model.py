@@ -52,7 +52,8 @@ class ModelConfig(Config):
     pad_token_id: Optional[int] = None
     attn_backend: str = 'sdpa'                 # a name in `attention_backends`
     # recipe options a researcher ablates (the GPT-2 speed-runs' gains); all off, so Hugging Face checkpoints load unchanged
-    qk_norm: bool = False                      # RMSNorm on each head's queries and keys before the rotation (as Qwen3, OLMo 2)
+    qk_norm: bool = False                      # RMSNorm on the queries and keys before the rotation (as Qwen3, OLMoE)
+    qk_norm_scope: str = 'head'                # over each head's channels ('head', Qwen3) or the whole projection ('projection', OLMoE)
     mlp: str = 'swiglu'                        # a name in `mlp_kinds`: 'relu2' is down(relu(up(x))^2), no gate (modded-nanogpt)
     zero_init_output: bool = False             # o_proj and down_proj start at zero, so every block starts as the identity
     logit_softcap: Optional[float] = None      # logits = cap * tanh(logits / cap) (Gemma 2's final_logit_softcapping)
@@ -110,6 +111,8 @@ def _check_choices(c:ModelConfig):
     registries = {'attn_backend': (c.attn_backend, attention_backends), 'mlp': (c.mlp, mlp_kinds), 'init': (c.init, init_schemes)}
     if c.rope_scaling is not None: registries['rope_scaling'] = (c.rope_scaling.get('rope_type', c.rope_scaling.get('type')), rope_scalings)
     for field, (name, registry) in registries.items(): registry.check(name, c._where(field))
+    if c.qk_norm_scope not in ('head', 'projection'):
+        raise ConfigError(f"{c._where('qk_norm_scope')}={c.qk_norm_scope!r} is not 'head' (Qwen3's) or 'projection' (OLMoE's)")
     if c.logit_softcap is not None and c.logit_softcap <= 0:
         raise ConfigError(f"{c._where('logit_softcap')}={c.logit_softcap} must be positive (or None for no cap)")
 
@@ -267,16 +270,20 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
-        if config.qk_norm: self.q_norm, self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps), RMSNorm(self.head_dim, config.rms_norm_eps)
+        if config.qk_norm:
+            widths = (self.head_dim,) * 2 if config.qk_norm_scope == 'head' else (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim)
+            self.q_norm, self.k_norm = (RMSNorm(w, config.rms_norm_eps) for w in widths)
 
     def rotate(self, x:Tensor, cos:Tensor, sin:Tensor) -> Tensor: return apply_rotary(x, cos, sin)   # a fused kernel can take over
 
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache:KVCache|None=None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.config.qk_norm and self.config.qk_norm_scope == 'projection': q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.config.qk_norm: q, k = self.q_norm(q), self.k_norm(k)
+        if self.config.qk_norm and self.config.qk_norm_scope == 'head': q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         if cache is not None: k, v = cache.update(self.layer_idx, k, v)
         y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)

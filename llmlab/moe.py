@@ -214,7 +214,6 @@ def moe_step_metrics(model:nn.Module) -> dict:
     for m, l, avg in zip(layers, load, mean):
         if m.config.expert_bias_update_rate: m.expert_bias += m.config.expert_bias_update_rate * torch.sign(avg - l)
         del m.load_since_step, m.dropped_since_step
-    k = layers[0].config.num_experts_per_tok
     return {**{n: float(v) for n, v in moe_losses(model).items()},
             'moe_max_violation': float((load.max(-1).values / mean[:, 0] - 1).mean()),
             'moe_dropped': float(dropped.sum() / (load.sum())), 'moe_tokens_per_expert': load.long().tolist()}

@@ -31,6 +31,9 @@ def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
     "Shard every block of `model` over the 1-d `mesh` (in place); heads and the MLP width must divide by its size."
     from torch.distributed.tensor.parallel import parallelize_module
     tp, cfg = mesh.size(), model.config
+    if cfg.qk_norm and cfg.qk_norm_scope == 'projection':
+        raise ValueError("tensor parallelism with QK-norm over the whole projection (OLMoE's) is not implemented: its statistic spans "
+                         "every head, so the heads of all ranks would have to meet; use qk_norm_scope='head' or data parallelism/FSDP")
     if cfg.mlp == 'moe':
         raise ValueError("tensor parallelism of a mixture of experts' layers is not implemented (it shards each expert; expert "
                          "parallelism, which places whole experts, is the usual choice): train it with data parallelism or FSDP")
