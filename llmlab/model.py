@@ -74,7 +74,7 @@ class ModelConfig(Config):
     expert_bias: bool = False                  # a per-expert bias on the scores that steers the choice only (DeepSeek-V3's e_score_correction_bias)
     capacity_factor: Optional[float] = None    # None: dropless; else an expert takes at most ceil(factor * tokens * k / experts) tokens
     experts_impl: str = 'grouped_mm'           # a name in `llmlab.moe.experts_impls`: loop, grouped_mm
-    router_aux_loss_coef: float = 0.0          # balancing (llmlab.moe), 0: off: Switch's load-balancing loss (Mixtral 0.02)
+    router_aux_loss_coef: float = 0.0          # balancing (llmlab.moe), 0: off: Switch's load-balancing loss (OLMoE 0.01)
     router_z_loss_coef: float = 0.0            #   ST-MoE's router z-loss (OLMoE 1e-3)
     seq_aux_loss_coef: float = 0.0             #   DeepSeek-V3's sequence-wise balance loss (1e-4)
     expert_bias_update_rate: float = 0.0       #   auxiliary-loss-free: expert_bias moves by this x sign(mean load - load) each step
