@@ -31,7 +31,7 @@ _CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn
 _DENSE_FIELDS = [f for f in _CONFIG_FIELDS if f not in MOE_FIELDS]
 
 def _moe_from_hf(d:dict, model_type:str) -> dict:
-    "The mixture-of-experts fields of a Mixtral or Qwen-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
+    "The mixture-of-experts fields of a Mixtral, OLMoE or Qwen-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
     if model_type not in ('mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe'): return {}
     moe = {'mlp': 'moe', 'num_experts': d.get('num_local_experts', d.get('num_experts'))}
     if model_type == 'mixtral': moe.update(moe_intermediate_size=d['intermediate_size'], norm_topk_prob=True)
@@ -67,12 +67,12 @@ def _refuse(name:str, c:ModelConfig, needs:dict):
 
 def _dense_arch(c:ModelConfig) -> tuple[str, str]:
     "Llama, Qwen2 (q/k/v biases) or Qwen3 (QK-norm)."
-    _refuse('LlamaForCausalLM or Qwen3ForCausalLM', c, {'qk_norm_scope': 'head'})   # OLMo 2 normalises so, but is post-norm
+    if c.qk_norm: _refuse('Qwen3ForCausalLM', c, {'qk_norm_scope': 'head'})   # OLMo 2 normalises over the projection, but is post-norm
     if c.qkv_bias: _refuse('Qwen2ForCausalLM', c, {'qk_norm': False, 'attention_bias': False}); return 'Qwen2ForCausalLM', 'qwen2'
     return ('Qwen3ForCausalLM', 'qwen3') if c.qk_norm else ('LlamaForCausalLM', 'llama')
 
 def config_to_hf(config:ModelConfig, dtype:torch.dtype=torch.float32) -> dict:
-    "The `config.json` dict `transformers` reads as the architecture that computes what `config` says (Llama, Qwen2/3, their MoEs, Mixtral)."
+    "The `config.json` dict `transformers` reads as the architecture that computes what `config` says (Llama, Qwen2/3 and their MoEs, Mixtral, OLMoE)."
     if config.mlp not in ('swiglu', 'moe') or config.logit_softcap is not None:
         raise CheckpointError(f"no Hugging Face llama-family architecture has mlp={config.mlp!r} or logit_softcap={config.logit_softcap}: "
                               "transformers would build another model from this config.json. Keep such a model in llmlab's "
@@ -208,7 +208,7 @@ def pack_experts(sd:dict, num_experts:int, source:str='checkpoint') -> dict:
     return out
 
 def unpack_experts(sd:dict, model_type:str) -> dict:
-    "llmlab's packed experts as the per-expert tensors transformers writes for `model_type` ('mixtral' or 'qwen3_moe')."
+    "llmlab's packed experts as the per-expert tensors transformers writes for `model_type` (Mixtral's names, or Qwen's for the others)."
     module, names = ('block_sparse_moe', ('w1', 'w3', 'w2')) if model_type == 'mixtral' else ('mlp', ('gate_proj', 'up_proj', 'down_proj'))
     out = {}
     for k, v in sd.items():
