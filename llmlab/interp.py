@@ -17,11 +17,12 @@ from torch import Tensor
 
 from .attention import attention_backends, repeat_kv
 from .core import UnknownNameError, _did_you_mean
-from .model import MLP, Llama, ReLU2MLP, apply_rotary, positions_and_mask
+from .model import Llama, ModelConfig, apply_rotary, mlp_kinds, positions_and_mask
 
 # %% auto #0
 __all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge',
-           'run_with_cache', 'run_with_hooks', 'unembed', 'n_layers', 'LogitLens', 'logit_lens', 'previous_token_score',
+           'run_with_cache', 'run_with_hooks', 'ExpertRouting', 'expert_routing', 'expert_ablation_hooks',
+           'ablate_experts', 'unembed', 'n_layers', 'LogitLens', 'logit_lens', 'previous_token_score',
            'first_token_score', 'induction_score', 'repeated_random_tokens', 'head_scores', 'induction_scores',
            'attention_pattern', 'plot_heatmap', 'plot_attention', 'Attribution', 'direct_logit_attribution', 'Probe',
            'train_probe', 'probe_layers', 'patch_residual', 'patch_heads', 'normalized_recovery', 'logit_diff_metric',
@@ -31,7 +32,7 @@ __all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_for
 _BLOCK = {'resid_pre': 'hook_resid_pre', 'resid_mid': 'hook_resid_mid', 'resid_post': 'hook_resid_post',
           'attn_out': 'hook_attn_out', 'mlp_out': 'hook_mlp_out'}
 _ATTN = ('q', 'k', 'v', 'rot_q', 'rot_k', 'attn_scores', 'pattern', 'z')
-_MLP = ('pre', 'pre_linear', 'post')
+_MLP = ('pre', 'pre_linear', 'post', 'router_logits', 'expert_weights', 'expert_indices', 'expert_out')   # dense, then MoE
 
 def act_name(name:str, layer:int|None=None, sub:str|None=None) -> str:
     "The full hook name for a short one: `act_name('pattern', 2)` -> 'blocks.2.attn.hook_pattern'."
@@ -46,23 +47,31 @@ def act_name(name:str, layer:int|None=None, sub:str|None=None) -> str:
     raise ValueError(f"unknown activation {name!r}; use one of embed, scale, normalized, {', '.join(_BLOCK)}, "
                      f"{', '.join(_ATTN)}, {', '.join(_MLP)}")
 
-def hook_names(n_layers:int) -> list[str]:
-    "Every hook point of an llmlab model with `n_layers` blocks, in the order a forward pass reaches them."
-    per_block = (['hook_resid_pre', 'ln1.hook_scale', 'ln1.hook_normalized'] + [f'attn.hook_{n}' for n in _ATTN]
-                 + ['hook_attn_out', 'hook_resid_mid', 'ln2.hook_scale', 'ln2.hook_normalized']
-                 + [f'mlp.hook_{n}' for n in _MLP] + ['hook_mlp_out', 'hook_resid_post'])
-    return (['hook_embed'] + [f'blocks.{i}.{n}' for i in range(n_layers) for n in per_block]
-            + ['ln_final.hook_scale', 'ln_final.hook_normalized'])
+def _mlp_kinds(model) -> tuple[str, ...]:
+    "Each block's feed-forward kind: of an llmlab model or config, or `n` dense (SwiGLU) blocks (a Hugging Face model's: its layers')."
+    if isinstance(model, int): return ('swiglu',) * model
+    cfg = model if isinstance(model, ModelConfig) else model.config
+    if not isinstance(cfg, ModelConfig): return ('swiglu',) * cfg.num_hidden_layers
+    return tuple(cfg.mlp_kind(i) for i in range(cfg.num_hidden_layers))
 
 @functools.lru_cache(maxsize=None)
-def _hook_set(n_layers:int) -> frozenset: return frozenset(hook_names(n_layers))
+def _hook_names(kinds:tuple[str, ...]) -> tuple[str, ...]:
+    def per_block(kind): return (['hook_resid_pre', 'ln1.hook_scale', 'ln1.hook_normalized'] + [f'attn.hook_{n}' for n in _ATTN]
+                                 + ['hook_attn_out', 'hook_resid_mid', 'ln2.hook_scale', 'ln2.hook_normalized']
+                                 + [f'mlp.{n}' for n in getattr(mlp_kinds[kind], 'hook_names', ())] + ['hook_mlp_out', 'hook_resid_post'])
+    return (('hook_embed',) + tuple(f'blocks.{i}.{n}' for i, kind in enumerate(kinds) for n in per_block(kind))
+            + ('ln_final.hook_scale', 'ln_final.hook_normalized'))
+
+def hook_names(model) -> list[str]:
+    "Every hook point of an llmlab model (or config, or a number of dense blocks), in the order a forward pass reaches them; a block's MLP has the hook points its kind declares."
+    return list(_hook_names(_mlp_kinds(model)))
 
 def check_hook_name(model, name:str) -> str:
-    "`name` if `model` (an llmlab model, or a model with `n_layers` blocks) has that hook point; else an error naming the closest one."
-    L = model if isinstance(model, int) else model.config.num_hidden_layers
-    if name not in _hook_set(L):
-        raise UnknownNameError(f"{name!r} is not a hook point of this {L}-block model.{_did_you_mean(name, hook_names(L))} "
-                               f"hook_names({L}) lists them all; act_name('resid_pre', 3) builds one.")
+    "`name` if `model` (an llmlab model or config, or a number of dense blocks) has that hook point; else an error naming the closest one."
+    kinds = _mlp_kinds(model)
+    if name not in set(_hook_names(kinds)):
+        raise UnknownNameError(f"{name!r} is not a hook point of this {len(kinds)}-block model.{_did_you_mean(name, _hook_names(kinds))} "
+                               f"hook_names(model) lists them all; act_name('resid_pre', 3) builds one.")
     return name
 
 # %% ../nbs/11_interp.ipynb #c41d22ff
@@ -124,14 +133,8 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         attn_out = point(p + 'hook_attn_out', attn.o_proj(z.reshape(B, T, H * D)))
         x = point(p + 'hook_resid_mid', x + attn_out)
         h = norm(p + 'ln2.', block.post_attention_layernorm, x)
-        if isinstance(mlp, MLP):
-            gate = point(p + 'mlp.hook_pre', mlp.gate_proj(h))
-            up = point(p + 'mlp.hook_pre_linear', mlp.up_proj(h))
-            post = point(p + 'mlp.hook_post', F.silu(gate) * up)
-        elif isinstance(mlp, ReLU2MLP): post = point(p + 'mlp.hook_post', F.relu(point(p + 'mlp.hook_pre', mlp.up_proj(h))).square())   # TransformerLens's names for an ungated MLP
-        elif cfg.mlp_kind(i) == 'moe': post = None   # a mixture of experts: its output is a hook point; inside it, none yet
-        else: raise NotImplementedError(f"run_with_cache has no hook points for the mlp kind {cfg.mlp_kind(i)!r}")
-        mlp_out = point(p + 'hook_mlp_out', mlp(h) if post is None else mlp.down_proj(post))
+        hooked = any(wants(f'{p}mlp.{n}') for n in getattr(mlp, 'hook_names', ()))   # the MLP calls its own hook points
+        mlp_out = point(p + 'hook_mlp_out', mlp(h, lambda name, t: point(f'{p}mlp.{name}', t)) if hooked else mlp(h))
         x = point(p + 'hook_resid_post', x + mlp_out)
     if stop_at_layer is not None and stop_at_layer >= len(model.layers): return None
     if logits_at is not None: x = x[:, list(logits_at)]
@@ -227,6 +230,48 @@ def run_with_hooks(model, input_ids:Tensor, fwd_hooks:Sequence[tuple[str|Callabl
         return x
     return hooked_forward(model, input_ids, apply, lambda n: any(m(n) for m, _ in hooks), attention_mask,
                           start_at_layer=start_at_layer, resid=resid, logits_at=logits_at)
+
+# %% ../nbs/11_interp.ipynb #3aa554b6
+@dataclass
+class ExpertRouting:
+    "Where a mixture of experts sent a prompt's tokens: for each MoE `layers[j]`, `indices[j]` and `weights[j]` `(batch, pos, k)`."
+    layers: list[int]; indices: Tensor; weights: Tensor; num_experts: int
+
+    @property
+    def usage(self) -> Tensor:
+        "Each layer's share of the (token, slot) assignments that went to each expert: `(layers, experts)`, rows summing to 1."
+        counts = torch.stack([torch.bincount(i.flatten(), minlength=self.num_experts) for i in self.indices]).float()
+        return counts / counts.sum(-1, keepdim=True)
+
+def _moe_layers(model) -> list[int]:
+    cfg = model.config
+    layers = [l for l in range(cfg.num_hidden_layers) if cfg.mlp_kind(l) == 'moe']
+    if not layers: raise ValueError("this model has no mixture-of-experts layer (config.mlp is not 'moe')")
+    return layers
+
+def expert_routing(model, input_ids:Tensor, attention_mask:Tensor|None=None) -> ExpertRouting:
+    "The routing of every MoE layer of an llmlab model on `input_ids`."
+    layers = _moe_layers(model)
+    names = [act_name(n, l) for l in layers for n in ('expert_indices', 'expert_weights')]
+    _, cache = run_with_cache(model, input_ids, names, attention_mask)
+    return ExpertRouting(layers, torch.stack([cache['expert_indices', l] for l in layers]),
+                         torch.stack([cache['expert_weights', l] for l in layers]), model.config.num_experts)
+
+def expert_ablation_hooks(layer:int, experts:int|Sequence[int]) -> list:
+    "Hooks for `run_with_hooks` that remove `experts`' outputs at block `layer` (routing and the other experts' weights unchanged)."
+    experts, chosen = torch.as_tensor(experts).view(-1), {}
+    def remember(indices, hook): chosen['indices'] = indices
+    def ablate(out, hook): return out * ~torch.isin(chosen['indices'], experts.to(out.device))[..., None]
+    return [(act_name('expert_indices', layer), remember), (act_name('expert_out', layer), ablate)]
+
+def ablate_experts(model, input_ids:Tensor, metric:Callable[[Tensor], Tensor], layers:Sequence[int]|None=None) -> Tensor:
+    "`metric` (averaged over the prompts) with each expert of each MoE layer removed in turn: `(layers, experts)`."
+    layers = _moe_layers(model) if layers is None else list(layers)
+    _, entering = run_with_cache(model, input_ids, [act_name('resid_pre', l) for l in layers], device=None)
+    with torch.no_grad():   # each run starts at the block it changes, from the residual stream entering it
+        return torch.tensor([[float(metric(run_with_hooks(model, input_ids, expert_ablation_hooks(l, e), start_at_layer=l,
+                                                          resid=entering['resid_pre', l])).mean())
+                              for e in range(model.config.num_experts)] for l in layers])
 
 # %% ../nbs/11_interp.ipynb #0d87e880
 def unembed(model, resid:Tensor) -> Tensor:

@@ -21,9 +21,9 @@ from .core import Config, ConfigError, Registry
 from .attention import attention_backends
 
 # %% auto #0
-__all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'ModelConfig', 'small_init', 'normal_init', 'MLP', 'ReLU2MLP', 'RMSNorm',
-           'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache',
-           'positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity',
+__all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'ModelConfig', 'small_init', 'normal_init', 'no_hook', 'MLP', 'ReLU2MLP',
+           'RMSNorm', 'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block',
+           'KVCache', 'positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity',
            'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'pick_next_tokens', 'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
@@ -73,7 +73,7 @@ class ModelConfig(Config):
     mlp_only_layers: list = field(default_factory=list)   # and these layers are dense
     expert_bias: bool = False                  # a per-expert bias on the scores that steers the choice only (DeepSeek-V3's e_score_correction_bias)
     capacity_factor: Optional[float] = None    # None: dropless; else an expert takes at most ceil(factor * tokens * k / experts) tokens
-    experts_impl: str = 'grouped_mm'           # a name in `llmlab.moe.experts_impls`: loop, grouped_mm
+    experts_impl: str = 'grouped_mm'           # a name in `llmlab.moe.experts_impls`: loop, grouped_mm, triton
     router_aux_loss_coef: float = 0.0          # balancing (llmlab.moe), 0: off: Switch's load-balancing loss (OLMoE 0.01)
     router_z_loss_coef: float = 0.0            #   ST-MoE's router z-loss (OLMoE 1e-3)
     seq_aux_loss_coef: float = 0.0             #   DeepSeek-V3's sequence-wise balance loss (1e-4)
@@ -163,6 +163,8 @@ def normal_init(model:nn.Module):
 # %% ../nbs/02_model.ipynb #6dc65f1a
 mlp_kinds = Registry('mlp kind')   # `ModelConfig.mlp` -> the feed-forward module; `gated`: it has a gate_proj (TP plans, FLOPs)
 
+def no_hook(name:str, x:Tensor) -> Tensor: return x   # a feed-forward's hook points pass through unless llmlab.interp hooks them
+
 @mlp_kinds.register('swiglu')
 class MLP(nn.Module):
     "SwiGLU, `down(silu(gate(x)) * up(x))`: LLaMA's MLP."
@@ -171,7 +173,9 @@ class MLP(nn.Module):
         super().__init__()
         h, i, bias = config.hidden_size, intermediate_size or config.intermediate_size, config.mlp_bias
         self.gate_proj, self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
-    def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    hook_names = ('hook_pre', 'hook_pre_linear', 'hook_post')   # TransformerLens's, in the order `forward` reaches them
+    def forward(self, x:Tensor, hook=no_hook) -> Tensor:
+        return self.down_proj(hook('hook_post', F.silu(hook('hook_pre', self.gate_proj(x))) * hook('hook_pre_linear', self.up_proj(x))))
     def output_weights(self) -> list: return [self.down_proj.weight]
     @staticmethod
     def parameter_counts(config:ModelConfig, intermediate_size:int|None=None) -> tuple[int, int]:
@@ -188,7 +192,8 @@ class ReLU2MLP(nn.Module):
         super().__init__()
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.up_proj, self.down_proj = nn.Linear(h, i, bias=bias), nn.Linear(i, h, bias=bias)
-    def forward(self, x:Tensor) -> Tensor: return self.down_proj(F.relu(self.up_proj(x)).square())
+    hook_names = ('hook_pre', 'hook_post')
+    def forward(self, x:Tensor, hook=no_hook) -> Tensor: return self.down_proj(hook('hook_post', F.relu(hook('hook_pre', self.up_proj(x))).square()))
     def output_weights(self) -> list: return [self.down_proj.weight]
     @staticmethod
     def parameter_counts(config:ModelConfig) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import Registry
-from .model import MLP, ModelConfig, mlp_kinds
+from .model import MLP, ModelConfig, mlp_kinds, no_hook
 
 _fields = list(ModelConfig.__dataclass_fields__)
 MOE_FIELDS = tuple(_fields[_fields.index('num_experts'):_fields.index('expert_bias_update_rate') + 1])   # ModelConfig's MoE fields
@@ -48,6 +48,7 @@ def route(logits:Tensor, k:int, scoring_func:str='softmax', norm_topk_prob:bool=
 
 # %% ../nbs/02b_moe.ipynb #8aea8a03
 experts_impls = Registry('experts implementation')   # `ModelConfig.experts_impl` -> fn(gate_up, down, rows sorted by expert, counts)
+experts_impls.register_lazy('triton', 'llmlab.kernels')   # the grouped-GEMM kernel chapter registers it; a first lookup imports it
 
 def _swiglu(gate_up:Tensor, down:Tensor, x:Tensor) -> Tensor:
     gate, up = (x @ gate_up.T).chunk(2, -1)
@@ -103,9 +104,16 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
 
-    def forward(self, x:Tensor, d:Dispatch, weights:Tensor, impl:str='grouped_mm') -> Tensor:
+    def expert_rows(self, rows:Tensor, counts:Tensor, impl:str) -> Tensor:
+        "Expert `e` on its `counts[e]` of `rows` (sorted by expert); expert parallelism replaces this with an all-to-all around it."
+        return experts_impls[impl](self.gate_up_proj, self.down_proj, rows, counts)
+
+    def forward(self, x:Tensor, d:Dispatch, weights:Tensor, impl:str='grouped_mm', hook=no_hook) -> Tensor:
         "Each token's weighted sum over its kept experts; `weights` `(tokens, k)` as routed."
-        rows = experts_impls[impl](self.gate_up_proj, self.down_proj, x[d.tokens], d.counts)
+        rows = self.expert_rows(x[d.tokens], d.counts, impl)
+        if hook is not no_hook:   # a hook point: every (token, slot)'s expert output, unweighted, zeros where dropped
+            slots = x.new_zeros(weights.numel(), x.shape[-1]).index_copy(0, d.order, rows)
+            rows = hook('hook_expert_out', slots.view(*weights.shape, -1)).flatten(0, 1)[d.order]
         rows = rows * weights.flatten()[d.order, None].to(rows.dtype)
         return torch.zeros_like(x).index_add_(0, d.tokens, rows)   # in expert order, as Hugging Face's loop adds them
 
@@ -142,14 +150,18 @@ class SparseMoE(nn.Module):
                   if c.shared_expert_intermediate_size else 0)
         return c.num_experts * expert + router + shared, c.num_experts_per_tok * expert + router + shared
 
-    def forward(self, x:Tensor) -> Tensor:
+    hook_names = ('hook_router_logits', 'hook_expert_weights', 'hook_expert_indices', 'hook_expert_out')
+    def forward(self, x:Tensor, hook=no_hook) -> Tensor:
         c, shape = self.config, x.shape
         x = x.reshape(-1, shape[-1])
-        logits = F.linear(x.float(), self.gate.weight.float())   # the router in float32, whatever the model's dtype
+        # hooks see (batch, position, ...) as the rest of the model's do
+        at = hook if hook is no_hook else lambda name, t: hook(name, t.view(*shape[:-1], *t.shape[1:])).reshape(t.shape)
+        logits = at('hook_router_logits', F.linear(x.float(), self.gate.weight.float()))   # the router in float32, whatever the model's dtype
         indices, weights, scores = route(logits, c.num_experts_per_tok, c.scoring_func, c.norm_topk_prob, c.routed_scaling_factor,
                                          getattr(self, 'expert_bias', None), c.n_group, c.topk_group)
+        weights, indices = at('hook_expert_weights', weights), at('hook_expert_indices', indices)
         d = dispatch(indices, weights, c.num_experts, c.capacity_factor)
-        y = self.experts(x, d, weights, c.experts_impl)
+        y = self.experts(x, d, weights, c.experts_impl, at)
         if hasattr(self, 'shared_expert'):
             shared = self.shared_expert(x)
             y = y + (torch.sigmoid(self.shared_expert_gate(x)) * shared if hasattr(self, 'shared_expert_gate') else shared)

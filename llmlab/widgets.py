@@ -1,4 +1,4 @@
-"""Dashboards for JupyterLab: a live training monitor, an evaluation dashboard, a generation playground, and attention and logit-lens viewers. They read run folders and models, hold no state a crashed kernel would lose, and show a clear message instead of a traceback when a run folder is missing or damaged.
+"""Dashboards for JupyterLab: a live training monitor, an evaluation dashboard, a generation playground, attention, logit-lens, patching and expert-routing viewers. They read run folders and models, hold no state a crashed kernel would lose, and show a clear message instead of a traceback when a run folder is missing or damaged.
 
 Docs: https://llmlab.github.io/llmlab/widgets.html.md"""
 
@@ -19,8 +19,9 @@ from .interp import attention_pattern, logit_lens
 from .model import token_logprobs
 
 # %% auto #0
-__all__ = ['METRICS', 'message', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run', 'EvalDashboard', 'token_probabilities',
-           'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer', 'PatchingViewer']
+__all__ = ['MOE_METRICS', 'METRICS', 'message', 'draw_expert_load', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run',
+           'EvalDashboard', 'token_probabilities', 'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer',
+           'PatchingViewer', 'RoutingViewer']
 
 # %% ../nbs/12_widgets.ipynb #94e3b76a
 def message(text:str, kind:str='error') -> W.HTML:
@@ -50,6 +51,24 @@ def _figure_outputs(output:W.Output, draw):
 class _Widget:
     "A dashboard: its `.widget` is displayed when the object is the last thing in a cell."
     def _ipython_display_(self): display(self.widget)
+
+# %% ../nbs/12_widgets.ipynb #bb4c000e
+MOE_METRICS = ('moe_aux_loss', 'moe_seq_aux_loss', 'moe_z_loss', 'moe_max_violation', 'moe_dropped', 'moe_tokens_per_expert')
+
+def _offer_moe_metrics(monitor, recs:list[dict]):
+    "The load metrics a mixture of experts' run has logged join a TrainingMonitor's dropdown."
+    logged = tuple(m for m in MOE_METRICS if any(m in r for r in recs[-20:]))
+    if logged and monitor.metric.options != METRICS + logged: monitor.metric.options = METRICS + logged   # the selection is kept
+
+def draw_expert_load(ax, recs:list[dict]):
+    "The last logged step's tokens per expert, over each layer's mean, as a heat map (MoE layers x experts)."
+    last = next((r for r in reversed(recs) if 'moe_tokens_per_expert' in r), None)
+    if last is None: return ax.set_title('no expert load logged yet')
+    load = torch.tensor(last['moe_tokens_per_expert'], dtype=torch.float)
+    im = ax.imshow((load / load.mean(-1, keepdim=True).clamp_min(1e-9)).numpy(), cmap='viridis', aspect='auto')
+    ax.figure.colorbar(im, ax=ax)
+    ax.set_xticks(range(load.shape[1])); ax.set_yticks(range(load.shape[0]))
+    ax.set(xlabel='expert', ylabel='MoE layer (first to last)', title=f"tokens per expert / mean, step {last['step']}")
 
 # %% ../nbs/12_widgets.ipynb #a7766ac4
 METRICS = ('loss', 'lr', 'grad_norm', 'tokens_per_second', 'mfu', 'peak_memory_mb')
@@ -102,6 +121,7 @@ class TrainingMonitor(_Widget):
     def _refresh(self, ranks=None):
         try:
             recs = read_run_metrics(self.run_dir)
+            _offer_moe_metrics(self, recs)
             steps, values = self.series(records=recs)
         except RunFolderError as e:
             self.status.value = message(str(e)).value; self.ranks_html.value = self._ranks_table(ranks); self.plot.outputs = (); return
@@ -113,6 +133,7 @@ class TrainingMonitor(_Widget):
         self.ranks_html.value = self._ranks_table(ranks)
         def draw(fig):
             ax = fig.add_subplot(111)
+            if self.metric.value == 'moe_tokens_per_expert': return draw_expert_load(ax, recs)
             ax.plot(steps, values, lw=1, label=self.metric.value)
             if self.metric.value == 'loss' and val: ax.plot(*zip(*val), 'o-', label='validation loss')
             ax.set_xlabel('step'); ax.set_ylabel(self.metric.value); ax.legend(loc='best')
@@ -460,3 +481,40 @@ class PatchingViewer(_Widget):
         from llmlab.interp import plot_heatmap
         _figure_into(self.plot, lambda fig: plot_heatmap(self.result(), f'recovery when patching {self.activation.value}', 'position', 'layer',
                                                          self.tokens, None, ax=fig.add_subplot(111), cmap='RdBu'))
+
+# %% ../nbs/12_widgets.ipynb #b13ebcdb
+class RoutingViewer(_Widget):
+    "Where a mixture of experts sends a prompt's tokens: usage per layer and expert, and the tokens one expert takes."
+    def __init__(self, model, tokenizer, prompt:str):
+        from llmlab.interp import expert_routing
+        self.model, self.tokenizer = model, tokenizer
+        self.ids = tokenizer(prompt, return_tensors='pt').input_ids
+        self.tokens = [tokenizer.decode([i]) for i in self.ids[0].tolist()]
+        with torch.no_grad(): self.routing = expert_routing(model, self.ids)
+        self.layer = W.Dropdown(options=[(f'layer {l}', l) for l in self.routing.layers], description='layer')
+        self.expert = W.Dropdown(options=[(f'expert {e}', e) for e in range(self.routing.num_experts)], description='expert')
+        self.plot, self.text = W.Output(), W.HTML()
+        for w in (self.layer, self.expert): w.observe(lambda c: self.show_tokens(), names='value')
+        self.widget = W.VBox([self.plot, W.HBox([self.layer, self.expert]), self.text]); self.widget.add_class('llmlab-routing-viewer')
+        self.refresh()
+
+    def taken(self) -> list[tuple[int, str, float]]:
+        "(position, token, routing weight) of each token of the prompt the selected expert takes at the selected layer."
+        j = self.routing.layers.index(self.layer.value)
+        chosen, weights = self.routing.indices[j, 0] == self.expert.value, self.routing.weights[j, 0]   # (positions, k)
+        return [(p, self.tokens[p], float(weights[p][chosen[p]].sum())) for p in range(len(self.tokens)) if chosen[p].any()]
+
+    def show_tokens(self):
+        taken = {p: w for p, _, w in self.taken()}
+        top = max(taken.values(), default=1.0) or 1.0
+        spans = ''.join(f'<span title="position {p}: weight {taken.get(p, 0.0):.3f}" style="background:rgba(31,119,180,'
+                        f'{taken.get(p, 0.0) / top:.2f});padding:1px 0;white-space:pre">{html.escape(t)}</span>' for p, t in enumerate(self.tokens))
+        self.text.value = (f'<div class="llmlab-routing-tokens" style="font-family:monospace;line-height:1.8">{spans}</div>'
+                           f'<div>expert {self.expert.value} takes {len(taken)} of {len(self.tokens)} tokens at layer {self.layer.value}</div>')
+
+    def refresh(self):
+        from llmlab.interp import plot_heatmap
+        usage, layers = self.routing.usage, self.routing.layers
+        _figure_into(self.plot, lambda fig: plot_heatmap(usage, 'share of the tokens\' expert choices', 'expert', 'layer',
+                                                         list(range(usage.shape[1])), layers, ax=fig.add_subplot(111)))
+        self.show_tokens()

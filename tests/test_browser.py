@@ -133,8 +133,11 @@ def run_all_cells(page, lab):
 
 
 def open_and_run(playwright, lab, notebook, viewport):
-    "chromium on `notebook` in the served JupyterLab, all its cells started: (browser, page); the caller closes the browser."
-    url, token, _ = lab
+    """chromium on `notebook` in the served JupyterLab (a tutorial of nbs/tutorials is copied there first), all its cells
+    started: (browser, page); the caller closes the browser."""
+    url, token, work = lab
+    if (ROOT / 'nbs' / 'tutorials' / notebook).exists(): shutil.copy(ROOT / 'nbs' / 'tutorials' / notebook, work / notebook)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(60_000)
@@ -145,12 +148,35 @@ def open_and_run(playwright, lab, notebook, viewport):
     return browser, page
 
 
+def ask_kernel(page, lab, expression:str) -> Path:
+    """What the widgets hold now, as the kernel sees it: a cell typed at the end of the notebook dumps `expression` (a dict)
+    as JSON; the file, once written. The kernel handles the controls' comm messages before this cell's execute request (one
+    shell channel, in order): no wait is needed between moving a control and asking."""
+    state_file = lab[2] / 'browser_state.json'
+    state_file.unlink(missing_ok=True)
+    cells = page.locator('.jp-Notebook .jp-Cell')
+    before = cells.count()
+    cells.last.locator('.jp-InputArea-prompt').click()                                  # select it, command mode
+    page.keyboard.press('Escape'); page.keyboard.press('b')                             # a new cell below
+    wait_until(lambda: cells.count() == before + 1, 30, 'the new cell', page, lab, poll=0.1)
+    cells.last.locator('.cm-content').click()                                           # its editor, focused
+    page.keyboard.insert_text(f"import json; json.dump({expression}, open('browser_state.json', 'w'))")
+    page.keyboard.press('Shift+Enter')
+    deadline = time.time() + 300
+    while not state_file.exists() and time.time() < deadline: time.sleep(0.5)
+    return state_file
+
+
+def wait_for_the_last_cell(page, lab, deadline:float):
+    "The last cell has run when its prompt shows an execution count; no cell failed."
+    last_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').last
+    wait_until(lambda: re.search(r'\[\d+\]', last_prompt.text_content() or ''), deadline - time.time(), 'the last cell', page, lab)
+    check_no_cell_failed('after the last cell', page, lab)
+
+
 @pytest.mark.slow
 def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
-    url, token, work = lab
-    shutil.copy(ROOT / 'nbs' / 'tutorials' / 'quickstart.ipynb', work / 'quickstart.ipynb')
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser, page = open_and_run(p, lab, 'quickstart.ipynb', {'width': 1500, 'height': 1100})
         try:
@@ -158,11 +184,7 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             for cls in WIDGETS:                                   # each dashboard renders in the DOM
                 widgets[cls] = page.locator(f'.{cls}').first
                 wait_until(widgets[cls].is_visible, deadline - time.time(), f'the {cls} widget', page, lab)
-            # the last cell (the logit-lens and patching assertions) has run when its prompt shows an execution count
-            last_prompt = page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').last
-            wait_until(lambda: re.search(r'\[\d+\]', last_prompt.text_content() or ''), deadline - time.time(), 'the last cell',
-                       page, lab)
-            check_no_cell_failed('after the last cell', page, lab)
+            wait_for_the_last_cell(page, lab, deadline)               # the logit-lens and patching assertions
             for cls, w in widgets.items():
                 w.scroll_into_view_if_needed(); w.screenshot(path=str(ARTIFACTS / f'{cls}.png'))
             # one control of each widget
@@ -174,26 +196,13 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
             widgets['llmlab-feature-viewer'].locator('select').first.select_option(index=1)
             set_slider(widgets['llmlab-generation-playground'].locator('.widget-slider').nth(3), 6)   # max tokens
             widgets['llmlab-generation-playground'].locator('button', has_text='Generate').click()
-            # ask the kernel what the widgets hold now: a cell typed at the end of the notebook. The kernel handles the
-            # controls' comm messages before this cell's execute request (one shell channel, in order): no wait between
-            cells = page.locator('.jp-Notebook .jp-Cell')
-            before = cells.count()
-            cells.last.locator('.jp-InputArea-prompt').click()                                  # select it, command mode
-            page.keyboard.press('Escape'); page.keyboard.press('b')                             # a new cell below
-            wait_until(lambda: cells.count() == before + 1, 30, 'the new cell', page, lab, poll=0.1)
-            cells.last.locator('.cm-content').click()                                           # its editor, focused
-            page.keyboard.insert_text("import json; json.dump({'metric': monitor.metric.value, 'run': dashboard.run.value, "
+            state_file = ask_kernel(page, lab, "{'metric': monitor.metric.value, 'run': dashboard.run.value, "
                                "'layer': attention.layer.value, 'k': lens.k.value, 'max_tokens': playground.max_tokens.value, "
                                "'generated': len(playground.results['SmolLM2-135M']['ids']), 'pattern_shape': list(attention.pattern().shape), "
                                "'lens_columns': list(lens.top().columns), 'patch': patching.activation.value, "
                                "'patched': sorted(patching._cache), 'feature': features.feature.value, "
                                "'second_feature': features.feature.options[1][1], 'feature_summary': features.summary.value, "
-                               "'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}, "
-                               "open('browser_state.json', 'w'))")
-            page.keyboard.press('Shift+Enter')
-            state_file = work / 'browser_state.json'
-            deadline = time.time() + 300
-            while not state_file.exists() and time.time() < deadline: time.sleep(0.5)
+                               "'series_is_lr': monitor.series()[1][:1] == monitor.series('lr')[1][:1]}")
             for cls, w in widgets.items(): w.screenshot(path=str(ARTIFACTS / f'{cls}-after.png'))
             page.screenshot(path=str(ARTIFACTS / 'notebook.png'), full_page=False)
         finally:
@@ -205,6 +214,32 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     assert state['patch'] == 'mlp_out' and state['patched'] == ['mlp_out', 'resid_pre']   # the dropdown recomputed the heat map
     assert state['max_tokens'] == 6 and 1 <= state['generated'] <= 6
     assert state['feature'] == state['second_feature'] and f"feature {state['feature']}<" in state['feature_summary']
+
+
+@pytest.mark.slow
+def test_moe_tutorial_routing_viewer_renders_and_responds_in_jupyterlab(lab):
+    "The MoE tutorial whole in JupyterLab: its monitor shows the experts' load, its routing viewer follows its dropdowns."
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser, page = open_and_run(p, lab, 'moe.ipynb', {'width': 1300, 'height': 1000})
+        try:
+            deadline = time.time() + 600                          # ~20 s idle
+            viewer, monitor = page.locator('.llmlab-routing-viewer').first, page.locator('.llmlab-training-monitor').first
+            for w, what in ((monitor, 'the training monitor'), (viewer, 'the routing viewer')):
+                wait_until(w.is_visible, deadline - time.time(), what, page, lab)
+            wait_for_the_last_cell(page, lab, deadline)
+            viewer.locator('select').nth(1).select_option(label='expert 5')
+            viewer.locator('select').first.select_option(label='layer 2')
+            state_file = ask_kernel(page, lab, "{'expert': routing_viewer.expert.value, 'layer': routing_viewer.layer.value, "
+                                    "'taken': len(routing_viewer.taken()), 'text': routing_viewer.text.value, 'metric': monitor.metric.value}")
+            wait_until(lambda: 'expert 5 takes' in viewer.inner_text(), 60, 'the viewer to show expert 5', page, lab)
+            viewer.scroll_into_view_if_needed(); viewer.screenshot(path=str(ARTIFACTS / 'llmlab-routing-viewer.png'))
+            monitor.scroll_into_view_if_needed(); monitor.screenshot(path=str(ARTIFACTS / 'llmlab-training-monitor-moe.png'))
+        finally:
+            browser.close(); stop_kernels(lab)
+    state = json.loads(state_file.read_text())
+    assert state['expert'] == 5 and state['layer'] == 2 and state['metric'] == 'moe_tokens_per_expert'
+    assert f"expert 5 takes {state['taken']} of" in state['text'] and 'at layer 2' in state['text']
 
 
 JOB = textwrap.dedent('''

@@ -5,7 +5,7 @@ links to these pages, and every page gets a navigation bar (the overview, the ch
 
     python tools/build_docs.py [--out _docs]      (what `make docs` runs when `quarto` is not installed)
 """
-import argparse, html, re, shutil, sys
+import argparse, html, posixpath, re, shutil, sys
 from pathlib import Path, PurePosixPath
 
 import nbformat
@@ -90,8 +90,8 @@ def rewrite_links(body:str, page:str, site_url:str, ids:dict[str, set[str]], nam
         target, _, anchor = href.partition('#')
         if target.startswith(site_url + '/'): target = target[len(site_url) + 1:]
         elif target.endswith('.ipynb') and '://' not in target:
-            base = PurePosixPath(page).parent / target
-            target = names.get(str(PurePosixPath(*[p for p in base.parts if p != '.'])), target)
+            base = posixpath.normpath(str(PurePosixPath(page).parent / target))   # 'tutorials/../02b_moe.ipynb' -> '02b_moe.ipynb'
+            target = names.get(base, target)
         else: return m.group(0)
         if target not in ids: dropped.append(href); return m.group(0)
         if anchor:

@@ -8,8 +8,8 @@ the same way (`--unaligned` compiles without it, as a launch with odd strides or
 Per kernel it prints one JSON line: the dots in the source and how many became wgmma (Hopper's warpgroup MMA) or stayed
 mma.sync/FMA, register transposes (`tt.trans` of a value held in registers: a round trip through shared memory every
 iteration), TMA copies (cp.async.bulk.tensor in the PTX), cp.async copies, pipeline stages, shared memory, registers and spill bytes (from ptxas).
-Then a table. Exits 1 if any kernel uses more than 227 KB of shared memory, spills registers, or has an attention dot in
-bf16/fp16 (or fp32 with tf32) that is not on wgmma.
+Then a table. Exits 1 if any kernel uses more than 227 KB of shared memory, spills registers, or has an attention or
+grouped-GEMM dot in bf16/fp16 (or fp32 with tf32) that is not on wgmma.
 
     python tools/check_hopper.py            # every config x head dim x causal/full in bf16, each variant at d=128
     python tools/check_hopper.py --full     # the whole cross product (a few minutes)
@@ -18,21 +18,22 @@ Run it under another Triton with `make triton36` then `.venv-triton36/bin/python
 """
 import argparse, collections, json, multiprocessing, os, re, subprocess, sys, tempfile
 os.environ['TRITON_INTERPRET'] = '0'
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 import llmlab.kernels as K
-import llmlab.kernels.decode as KD, llmlab.kernels.fused as KF   # the chapters' private kernels
+import llmlab.kernels.decode as KD, llmlab.kernels.fused as KF, llmlab.kernels.grouped as KG   # the chapters' private kernels
 
 TARGET = GPUTarget('cuda', 90, 32)
 SHARED_LIMIT = 227 * 1024
 POINTERS = {'O_PART': 'fp32', 'LSE_PART': 'fp32', 'LSE': 'fp32', 'DELTA': 'fp32', 'RSTD': 'fp32', 'DW': 'fp32', 'LOSS': 'fp32', 'MASK': 'u8', 'QSEG': 'i32', 'KSEG': 'i32',
-            'LABELS': 'i64', 'COS': 'bf16', 'SIN': 'bf16'}
+            'LABELS': 'i64', 'COS': 'bf16', 'SIN': 'bf16', 'TILE_EXPERT': 'i32', 'TILE_ROW': 'i32', 'ENDS': 'i32'}
 INTS = {'H', 'GROUP', 'M', 'N', 'T'}
 FLOATS = {'qk_scale', 'sm_scale', 'eps', 'smoothing', 'z_loss', 'inv_n'}
 # ints a launch of contiguous tensors at lengths that are multiples of 16 sees divisible by 16: strides and lengths
-ALIGNED_INTS = re.compile(r'^(s[a-z]+|Tq|Tk|M|N|n|T|chunk)$')
+ALIGNED_INTS = re.compile(r'^(s[a-z]+|Tq|Tk|M|N|n|k|T|chunk)$')
 DECODE_ALIGNED_INTS = re.compile(r'^(s[a-z]+|chunk)$')   # decoding: one query, any cache length
 
 
@@ -130,6 +131,13 @@ def cases(full=False):
     yield 'swiglu_fwd', KF._swiglu_fwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
     yield 'swiglu_bwd', KF._swiglu_bwd, {'BLOCK': 1024}, one, 'bf16', (), 'bf16', False
     yield 'cross_entropy_rows', KF._ce_rows, {'BLOCK': 4096}, one, 'bf16', (), 'bf16', False
+    for dtype in ('bf16', 'fp16'):   # the experts' grouped GEMM: forward, dX (weights read transposed), dW; dots on wgmma
+        for name, fn, extra, wgrad in (('grouped_mm_fwd', KG._grouped_mm, {'TRANS_W': False}, False),
+                                       ('grouped_mm_dx', KG._grouped_mm, {'TRANS_W': True}, False),
+                                       ('grouped_mm_wgrad', KG._grouped_mm_wgrad, {}, True)):
+            c = KG.grouped_mm_config(torch.bfloat16, weight_grad=wgrad)
+            config = triton.Config({}, num_warps=c.pop('num_warps'), num_stages=c.pop('num_stages'))
+            yield name, fn, {**c, **extra, 'PRECISION': 'tf32'}, config, dtype, (), dtype, True
 
 
 def one_per_kind(cases):

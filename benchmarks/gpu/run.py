@@ -3,16 +3,21 @@ JSON line in $OUT/gpu_results.jsonl the moment it exists, so a run cut short kee
 
 Phases, each with its own time budget (seconds, checked before every item; the whole run stays under 8 minutes):
   env        the card, driver, torch, triton, python
-  tests      the GPU kernel tests (pytest tests/test_kernels.py on CUDA tensors, compiled kernels)          <= 120 s
+  tests      the GPU kernel tests (pytest tests/test_kernels.py on CUDA tensors, compiled kernels)          <= 110 s
   attention  forward and forward+backward TFLOP/s, bf16: causal d=128 first, then full, d=64; T 1k-16k at 16k tokens
              per batch, 2048 = heads x dim, GQA 8:1; llmlab's Triton kernel vs SDPA's flash and cuDNN backends and
              FlexAttention, each checked against float32 SDPA (math) on two heads at the timed shape; the autotuner's
-             chosen config recorded. Then decode: one query per head, GQA 8:1, cache 4k-32k, split-KV vs SDPA       <= 200 s
+             chosen config recorded. Then decode: one query per head, GQA 8:1, cache 4k-32k, split-KV vs SDPA       <= 180 s
+  moe        the experts' SwiGLU MLPs of one MoE layer, bf16, forward and forward+backward TFLOP/s: llmlab's Triton
+             grouped GEMM vs torch._grouped_mm vs the per-expert loop, each checked against torch._grouped_mm in float32,
+             on a Mixtral-8x7B layer (8 experts, top-2) and an OLMoE layer (64 experts, top-8), 8k tokens, routed
+             by a random router (unbalanced as a real one is, never forced to balance)                              <= 50 s
   train      training steps of a ~1B-parameter llmlab Llama in bf16, sdpa vs the Triton kernels, eager then compiled:
-             tokens/s and MFU (against 989 TFLOP/s, H100/H200 dense bf16)                                            <= 100 s
+             tokens/s and MFU (against 989 TFLOP/s, H100/H200 dense bf16)                                            <= 90 s
   cuda       the CUDA C++ kernel built with nvcc (if present; else carry kernels/libllmlab_attn.so built elsewhere),
              self-tested and checked against SDPA, timed against SDPA-flash                                         <= 40 s
-TFLOP/s count 4 x B x H x Tq x Tk x D for the forward (half of it causal) and 3.5x that for forward+backward.
+TFLOP/s count 4 x B x H x Tq x Tk x D for the forward (half of it causal) and 3.5x that for forward+backward; for the experts
+6 x rows x hidden x intermediate forward (three projections) and 3x that for forward+backward.
 
     PYTHONPATH=. python benchmarks/gpu/run.py              # on the GPU machine
     PYTHONPATH=. python benchmarks/gpu/run.py --dry-run    # here: the interpreter, tiny shapes, every phase (CI runs it)
@@ -22,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 START = time.time()
-BUDGETS = {'env': 10, 'tests': 120, 'attention': 200, 'train': 100, 'cuda': 40}
+BUDGETS = {'env': 10, 'tests': 110, 'attention': 180, 'moe': 50, 'train': 90, 'cuda': 40}
 
 
 class Results:
@@ -158,6 +163,45 @@ def phase_attention(out, dry, budget):
         out('decode', **row)
 
 
+def phase_moe(out, dry, budget):
+    import torch
+    import llmlab.kernels as K
+    from llmlab.moe import dispatch, experts_impls, route
+    dev = 'cuda' if not dry else 'cpu'
+    dtype = torch.bfloat16 if not dry else torch.float32
+    layers = {'mixtral_8x7b': (8, 2, 4096, 14336), 'olmoe_1b_7b': (64, 8, 2048, 1024)} if not dry else {'tiny': (4, 2, 64, 64)}
+    tokens = 8192 if not dry else 24
+    for name, (E, k, H, I) in layers.items():
+        if not budget: out('moe', cut='time budget reached', remaining=f'from {name}'); return
+        torch.manual_seed(0)
+        x = torch.randn(tokens, H, device=dev, dtype=dtype)
+        gate_up = (torch.randn(E, 2 * I, H, device=dev, dtype=dtype) / H ** 0.5).requires_grad_()
+        down = (torch.randn(E, H, I, device=dev, dtype=dtype) / I ** 0.5).requires_grad_()
+        indices, weights, _ = route(x.float() @ torch.randn(H, E, device=dev), k)
+        d = dispatch(indices, weights, E)
+        rows = x[d.tokens].requires_grad_()
+        row = dict(layer=name, experts=E, top_k=k, hidden=H, intermediate=I, tokens=tokens, rows=len(rows),
+                   max_over_mean_load=float(d.counts.max() / d.counts.float().mean()))
+        try:
+            with torch.no_grad():
+                ref = experts_impls['grouped_mm'](gate_up.float(), down.float(), rows.float(), d.counts)
+                row['rel_err'] = rel_err(K.experts_triton(gate_up, down, rows, d.counts), ref)
+            row['ok'] = row['rel_err'] < (2e-2 if dtype == torch.bfloat16 else 1e-5)   # bf16 rounding of two GEMMs ~5e-3
+            dy = torch.randn(len(rows), H, device=dev, dtype=dtype)
+            flops = 6 * len(rows) * H * I
+            for impl in ('triton', 'grouped_mm', 'loop'):
+                f = lambda: experts_impls[impl](gate_up, down, rows, d.counts)
+                with torch.no_grad(): row[f'{impl}_fwd_tflops'] = flops / bench(f, dry) / 1e9
+                row[f'{impl}_fwdbwd_tflops'] = 3 * flops / bench(lambda: torch.autograd.grad(f(), (rows, gate_up, down), dy), dry) / 1e9
+            for p in ('fwd', 'fwdbwd'):
+                row[f'triton_over_grouped_mm_{p}'] = row[f'triton_{p}_tflops'] / row[f'grouped_mm_{p}_tflops']
+                row[f'triton_over_loop_{p}'] = row[f'triton_{p}_tflops'] / row[f'loop_{p}_tflops']
+        except Exception as e: row['error'] = f'{type(e).__name__}: {str(e)[:300]}'
+        out('moe', **row)
+        x = gate_up = down = rows = dy = None
+        if not dry: torch.cuda.empty_cache()
+
+
 def phase_train(out, dry, budget):
     import torch
     from llmlab.model import Llama, ModelConfig
@@ -232,7 +276,8 @@ def main(argv=None):
         if not torch.cuda.is_available(): sys.exit('no GPU here: run with --dry-run to check the script on the CPU')
     sys.path.insert(0, str(ROOT))
     out = Results(Path(os.environ.get('OUT') or ROOT / 'benchmarks' / 'results' / 'gpu') / 'gpu_results.jsonl')
-    phases = {'env': phase_env, 'tests': phase_tests, 'attention': phase_attention, 'train': phase_train, 'cuda': phase_cuda}
+    phases = {'env': phase_env, 'tests': phase_tests, 'attention': phase_attention, 'moe': phase_moe, 'train': phase_train,
+              'cuda': phase_cuda}
     for name in args.phases.split(','):
         budget = Budget(BUDGETS[name])
         try:

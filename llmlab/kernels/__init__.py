@@ -54,4 +54,5 @@ def _bf16_in_interpreter(*ts) -> bool:
 from .attention import *   # noqa: F401,F403
 from .decode import *   # noqa: F401,F403
 from .fused import *   # noqa: F401,F403
+from .grouped import *   # noqa: F401,F403
 from .cuda import *   # noqa: F401,F403

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..core import Registry
-from ..model import MLP, Attention, RMSNorm
+from ..model import MLP, Attention, RMSNorm, no_hook
 from . import _bf16_in_interpreter, _interpreting, tl, triton
 
 # %% auto #0
@@ -261,7 +261,8 @@ class TritonRopeAttention(Attention):
 
 class SwiGLUMLP(MLP):
     "SwiGLU whose activation runs the fused kernel."
-    def forward(self, x): return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+    def forward(self, x, hook=no_hook):
+        return self.down_proj(hook('hook_post', swiglu(hook('hook_pre', self.gate_proj(x)), hook('hook_pre_linear', self.up_proj(x)))))
 
 def _swap(base:type, fused:type):
     "Switch every module of exactly type `base` to `fused` (same parameters and buffers, another forward)."
