@@ -101,7 +101,7 @@ class LlamaStage(nn.Module):
         self.layers = nn.ModuleList(model.layers[lo:hi])
         self.rotary = model.rotary
         self.norm, self.lm_head = (model.norm, model.lm_head) if hi == n else (None, None)
-        self.lo, self.logit_softcap = lo, model.config.logit_softcap
+        self.lo, self.config = lo, model.config
 
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         if self.embed_tokens is not None: x = self.embed_tokens(x)
@@ -109,8 +109,7 @@ class LlamaStage(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         for block in self.layers: x = block(x, cos, sin)
         if self.lm_head is None: return x
-        logits, cap = self.lm_head(self.norm(x)), self.logit_softcap
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        return Llama.logits(self, self.norm(x))   # the model's own output layer, soft-cap included
 
 def pipeline_stage(model:Llama, stage_index:int, n_stages:int) -> LlamaStage:
     "This rank's stage when the blocks are split as evenly as possible into `n_stages`."
