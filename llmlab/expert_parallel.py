@@ -38,8 +38,8 @@ class ExpertParallelExperts(Experts):
 
 # %% ../nbs/07c_expert_parallel.ipynb #6237f349
 def _expert_parameters(model:nn.Module) -> list[tuple[str, nn.Module]]:
-    "(name prefix, Experts) of every MoE layer."
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, Experts)]
+    "(name prefix, Experts) of every MoE layer (by what they hold: a re-run MoE chapter registers classes of its own)."
+    return [(name, m) for name, m in model.named_modules() if hasattr(m, 'expert_rows') and hasattr(m, 'gate_up_proj')]
 
 def apply_expert_parallel(model:nn.Module, group=None) -> nn.Module:
     """Keep this rank's share of every MoE layer's experts (in place): with `ep` ranks in `group` (all of them by default),

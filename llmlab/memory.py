@@ -18,7 +18,7 @@ from .model import Block, Llama, ModelConfig, mlp_kinds
 
 # %% auto #0
 __all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_every',
-           'checkpoint_model', 'Hardware', 'Layout', 'as_model_config', 'parameter_counts',
+           'checkpoint_model', 'Hardware', 'Layout', 'as_model_config', 'parameter_counts', 'routed_expert_parameters',
            'unused_parameters_per_token', 'model_flops_per_token', 'block_activation_bytes', 'Plan', 'plan',
            'implied_throughput', 'measure_step', 'simulate_sharding']
 
@@ -85,10 +85,12 @@ class Layout:
     pp: int = 1
     micro_batches: int = 1        # pipeline micro-batches per step
     gpus_per_node: int = 8
+    ep: int = 1                   # expert parallel: a mixture of experts' experts split over ep of the fsdp ranks
     def __post_init__(self):
-        for k in ('dp', 'fsdp', 'tp', 'pp', 'micro_batches', 'gpus_per_node'):
+        for k in ('dp', 'fsdp', 'tp', 'pp', 'micro_batches', 'gpus_per_node', 'ep'):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ConfigError(f"Layout.{k}={getattr(self, k)!r} must be a positive integer")
         if self.zero_stage not in (0, 1, 2, 3): raise ConfigError(f"Layout.zero_stage={self.zero_stage!r}: choose 0, 1, 2 or 3")
+        if self.fsdp % self.ep: raise ConfigError(f"Layout.ep={self.ep} must divide fsdp={self.fsdp}: expert parallelism borrows the FSDP ranks")
     @property
     def world_size(self) -> int: return self.dp * self.fsdp * self.tp * self.pp
 
@@ -113,6 +115,11 @@ def parameter_counts(cfg:ModelConfig) -> dict:
 
 def _feed_forward_parameters(cfg:ModelConfig, layer:int) -> tuple[int, int]: return mlp_kinds[cfg.mlp_kind(layer)].parameter_counts(cfg)
 
+def routed_expert_parameters(cfg:ModelConfig) -> int:
+    "The parameters of every MoE layer's routed experts (what expert parallelism splits; not the router, not shared experts)."
+    i = cfg.moe_intermediate_size or cfg.intermediate_size
+    return sum(cfg.num_experts * 3 * cfg.hidden_size * i for l in range(cfg.num_hidden_layers) if cfg.mlp_kind(l) == 'moe')
+
 def unused_parameters_per_token(cfg:ModelConfig) -> int:
     "Parameters a token does not pass through: the experts it is not routed to (0 for a dense model)."
     return sum(total - used for total, used in (_feed_forward_parameters(cfg, l) for l in range(cfg.num_hidden_layers)))
@@ -132,17 +139,26 @@ PRECISIONS = {'fp32': (4, 4, 8), 'bf16': (2, 2, 4), 'bf16-mixed': (4, 4, 8)}
 
 OPTIMIZER_STATE = {'adamw': 1.0, 'sgd': 0.0, 'adafactor': 0.05}   # relative to AdamW's two full moments
 
+def _feed_forward_activation_bytes(cfg:ModelConfig, kind:str, precision:str, tp:int) -> float:
+    "Bytes per token a block's feed-forward saves for backward, its input norm aside (a MoE layer: per routed copy of the token)."
+    ai, dt = (16, 4) if precision == 'fp32' else (8, 2)
+    if kind != 'moe': return ai * cfg.intermediate_size / tp
+    k, E, i = cfg.num_experts_per_tok, cfg.num_experts, cfg.moe_intermediate_size or cfg.intermediate_size
+    routed = k * (ai * i + 2 * dt * cfg.hidden_size + 24)   # gathered input, SwiGLU's four, output before its weight; indices, weight
+    router = 8 * E + (4 * cfg.hidden_size if dt == 2 else 0)   # float32 logits and scores (and the input cast to float32)
+    return routed + router + (ai * cfg.shared_expert_intermediate_size if cfg.shared_expert_intermediate_size else 0)
+
 def block_activation_bytes(cfg:ModelConfig, tokens:int, precision:str='fp32', tp:int=1) -> dict:
-    "Bytes one decoder block saves for backward, split into the attention and MLP halves and the block input."
-    h, i, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    "Bytes one decoder block (the mean over the blocks, when their feed-forwards differ) saves for backward, split into the attention and MLP halves and the block input."
+    h, heads = cfg.hidden_size, cfg.num_attention_heads
     kv = cfg.num_key_value_heads * cfg.head_dim
-    if precision == 'fp32': ah, akv, ai = 32, 8, 16
-    else: ah, akv, ai = 20, 4, 8
+    ah, akv = (32, 8) if precision == 'fp32' else (20, 4)
     dt = 4 if precision == 'fp32' else 2
     # the norms' and residual tensors are replicated under TP; the projections' outputs are split
     norm_part = (24 if precision == 'fp32' else 16) * h
     attn = (norm_part / 2 + ((ah * h - norm_part) + akv * kv) / tp + 4 * heads / tp) * tokens
-    mlp = (norm_part / 2 + ai * i / tp) * tokens
+    ff = [_feed_forward_activation_bytes(cfg, cfg.mlp_kind(l), precision, tp) for l in range(cfg.num_hidden_layers)]
+    mlp = (norm_part / 2 + sum(ff) / len(ff)) * tokens
     return {'attention': attn, 'mlp': mlp, 'input': dt * h * tokens, 'total': attn + mlp}
 
 @dataclass
@@ -182,6 +198,8 @@ def _check_plan(cfg:ModelConfig, lay:Layout, batch_size:int, seq_len:int, precis
                     ('intermediate_size', cfg.intermediate_size)):
         if n % lay.tp: raise ConfigError(f"{name}={n} is not divisible by tp={lay.tp}")
     if cfg.num_hidden_layers < lay.pp: raise ConfigError(f"{cfg.num_hidden_layers} layers cannot fill {lay.pp} pipeline stages")
+    if lay.ep > 1 and (cfg.mlp != 'moe' or cfg.num_experts % lay.ep):
+        raise ConfigError(f"Layout.ep={lay.ep} splits a mixture of experts' experts: it needs mlp='moe' and a num_experts it divides")
 
 def _kept_and_recomputed(cfg:ModelConfig, lay:Layout, tokens:int, act_prec:str, checkpointing:str) -> tuple[float, float]:
     "Bytes of activations one block keeps for the backward pass under `checkpointing`, and the bytes it recomputes."
@@ -213,6 +231,10 @@ def _step_seconds(cfg:ModelConfig, lay:Layout, hw:Hardware, tokens:int, seq_len:
     fsdp_bytes = 3 * local * 2 * (lay.fsdp - 1) / lay.fsdp if lay.fsdp > 1 else 0.0     # gather (fwd, bwd) + reduce-scatter, bf16
     dp_bytes = 2 * local * 2 * (lay.dp - 1) / lay.dp if lay.dp > 1 else 0.0
     comm_time = (fsdp_bytes + dp_bytes) / bw
+    if lay.ep > 1:   # dispatch and combine, forward and backward: each routed copy of a token in bf16, all but 1/ep of it leaving
+        moe_layers = sum(cfg.mlp_kind(l) == 'moe' for l in range(cfg.num_hidden_layers)) / lay.pp
+        a2a = 4 * moe_layers * tokens * max(1, lay.micro_batches) * cfg.num_experts_per_tok * cfg.hidden_size * 2 * (lay.ep - 1) / lay.ep
+        comm_time += a2a / ((hw.link_gbps if lay.ep <= lay.gpus_per_node else hw.network_gbps) * 1e9)
     if comm_time > compute: notes.append(f'communication-bound: collectives {comm_time:.3g} s > compute {compute:.3g} s')
     return max(compute, comm_time), step_tokens, fpt
 
@@ -238,7 +260,8 @@ def plan(model, layout:Layout|None=None, batch_size:int=1, seq_len:int=4096, pre
     outside = ((4 if act_prec == 'fp32' else 2) + 12) * cfg.hidden_size * tokens        # embedding output and the final norm's tensors
     stored = per_layer * layers_here * (min(lay.micro_batches, lay.pp) if lay.pp > 1 else 1)
     logits = (12 if act_prec == 'fp32' else 14) * cfg.vocab_size * tokens if lay.pp == 1 else 0.0
-    block_params, comm = counts['blocks'] / L / lay.tp, 0.0
+    # a block's parameters gathered for its compute; under expert parallelism only this rank's E/ep experts of it
+    block_params, comm = (counts['blocks'] - routed_expert_parameters(cfg) * (1 - 1 / lay.ep)) / L / lay.tp, 0.0
     if lay.fsdp > 1 and lay.zero_stage >= 3: comm += 2 * block_params * (2 if precision != 'fp32' else p_bytes) + block_params * 4
     elif precision == 'bf16-mixed': comm += 2 * block_params * 2     # bf16 working copies of the blocks being computed
     if lay.pp > 1: comm += 2 * 2 * tokens * cfg.hidden_size

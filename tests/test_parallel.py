@@ -25,69 +25,61 @@ SCRIPT = textwrap.dedent('''
     dist.init_process_group('gloo')
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2
-    mode = sys.argv[1]
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
-                      num_key_value_heads=2, tie_word_embeddings=False)
-    recipe = mode == 'tp-recipe'   # QK-norm (its gains whole on every rank), an ungated MLP, soft-capped logits
-    if recipe: cfg = cfg.replace(qk_norm=True, mlp='relu2', logit_softcap=5.0)
-    ref = Llama(cfg); model = Llama(cfg); model.load_state_dict(ref.state_dict())
-    mesh = init_device_mesh('cpu', (world,))
-    ids = torch.randint(0, 64, (4, 10), generator=torch.Generator().manual_seed(1))
-    if mode.startswith('tp'):
-        apply_tensor_parallel(model, mesh)
-        mine = ids                                   # every TP rank sees the whole batch
-    else:
-        apply_fsdp(model, mesh)
-        mine = ids[rank * 2:(rank + 1) * 2]          # data parallel: each rank half of the batch
-    # AdamW's first steps are lr * sign(gradient): where a ReLU^2 MLP leaves gradients of ~1e-8, summation-order differences flip
-    # signs (observed 7e-4 on an o_proj weight after one step), so the recipe model takes plain SGD steps
-    Opt = torch.optim.SGD if recipe else torch.optim.AdamW
-    opt, ref_opt = Opt(model.parameters(), lr=1e-2), Opt(ref.parameters(), lr=1e-2)
-    for step in range(3):
-        out, expect = model(mine), ref(ids)
-        # sharded matmuls sum partial products across ranks: observed 6.7e-7 on logits of magnitude ~1
-        if mode.startswith('tp'): assert_close(out, expect, atol=1e-5, what=f'{mode} logits, step {step}')
-        loss = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), mine[:, 1:].flatten())
-        ref_loss = torch.nn.functional.cross_entropy(expect[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        loss.backward(); ref_loss.backward(); opt.step(); ref_opt.step(); opt.zero_grad(); ref_opt.zero_grad()
-    sharded = 0
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
-        full = p.full_tensor() if isinstance(p, DTensor) else p
-        sharded += isinstance(p, DTensor) and p.to_local().shape != p.shape
-        # three AdamW steps at lr 1e-2: Adam's normalisation turns last-bit gradient differences into ~lr-sized ones where a
-        # gradient is near zero (observed 5.1e-6 on weights ~0.1)
-        assert_close(full, q, atol=5e-5, what=f'{mode} weight {name} after 3 steps')
-    expected_sharded = {'tp': 14, 'tp-recipe': 12, 'fsdp': 21}[mode]   # TP: 7 (6 without a gate) linears x 2 blocks (QK-norm gains: replicated); FSDP: every parameter
-    assert sharded == expected_sharded, (mode, sharded)
-    if mode == 'tp' and rank == 0:
-        try: apply_tensor_parallel(Llama(cfg.replace(num_attention_heads=3, num_key_value_heads=3, hidden_size=48)), mesh)
-        except ValueError as e: assert 'not divisible by the tensor-parallel size 2' in str(e)
-        else: raise AssertionError('no error for 3 heads on 2 ranks')
+    def check(mode):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+                          num_key_value_heads=2, tie_word_embeddings=False)
+        recipe = mode == 'tp-recipe'   # QK-norm (its gains whole on every rank), an ungated MLP, soft-capped logits
+        if recipe: cfg = cfg.replace(qk_norm=True, mlp='relu2', logit_softcap=5.0)
+        ref = Llama(cfg); model = Llama(cfg); model.load_state_dict(ref.state_dict())
+        mesh = init_device_mesh('cpu', (world,))
+        ids = torch.randint(0, 64, (4, 10), generator=torch.Generator().manual_seed(1))
+        if mode.startswith('tp'):
+            apply_tensor_parallel(model, mesh)
+            mine = ids                                   # every TP rank sees the whole batch
+        else:
+            apply_fsdp(model, mesh)
+            mine = ids[rank * 2:(rank + 1) * 2]          # data parallel: each rank half of the batch
+        # AdamW's first steps are lr * sign(gradient): where a ReLU^2 MLP leaves gradients of ~1e-8, summation-order differences flip
+        # signs (observed 7e-4 on an o_proj weight after one step), so the recipe model takes plain SGD steps
+        Opt = torch.optim.SGD if recipe else torch.optim.AdamW
+        opt, ref_opt = Opt(model.parameters(), lr=1e-2), Opt(ref.parameters(), lr=1e-2)
+        for step in range(3):
+            out, expect = model(mine), ref(ids)
+            # sharded matmuls sum partial products across ranks: observed 6.7e-7 on logits of magnitude ~1
+            if mode.startswith('tp'): assert_close(out, expect, atol=1e-5, what=f'{mode} logits, step {step}')
+            loss = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), mine[:, 1:].flatten())
+            ref_loss = torch.nn.functional.cross_entropy(expect[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+            loss.backward(); ref_loss.backward(); opt.step(); ref_opt.step(); opt.zero_grad(); ref_opt.zero_grad()
+        sharded = 0
+        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+            full = p.full_tensor() if isinstance(p, DTensor) else p
+            sharded += isinstance(p, DTensor) and p.to_local().shape != p.shape
+            # three AdamW steps at lr 1e-2: Adam's normalisation turns last-bit gradient differences into ~lr-sized ones where a
+            # gradient is near zero (observed 5.1e-6 on weights ~0.1)
+            assert_close(full, q, atol=5e-5, what=f'{mode} weight {name} after 3 steps')
+        expected_sharded = {'tp': 14, 'tp-recipe': 12, 'fsdp': 21}[mode]   # TP: 7 (6 without a gate) linears x 2 blocks (QK-norm gains: replicated); FSDP: every parameter
+        assert sharded == expected_sharded, (mode, sharded)
+        if mode == 'tp' and rank == 0:
+            try: apply_tensor_parallel(Llama(cfg.replace(num_attention_heads=3, num_key_value_heads=3, hidden_size=48)), mesh)
+            except ValueError as e: assert 'not divisible by the tensor-parallel size 2' in str(e)
+            else: raise AssertionError('no error for 3 heads on 2 ranks')
+    for mode in sys.argv[1:]:   # one launch, every mode: a torchrun start costs more than a mode
+        check(mode)
+        (Path(sys.argv[0]).parent / f'ok-{mode}-{rank}').touch()   # a file per rank: stdout of two ranks interleaves
     dist.destroy_process_group()
-    (Path(sys.argv[0]).parent / f'ok-{mode}-{rank}').touch()   # a file per rank: stdout of two ranks interleaves
 ''')
 
 
-def run_two(mode, tmp_path):
+def test_tensor_parallel_with_and_without_recipe_options_and_fsdp2_match_the_unsharded_model(tmp_path):
+    "TP (plain, and with QK-norm, a ReLU² MLP and soft-capped logits) and FSDP2 training steps on 2 processes, in one launch."
     script = tmp_path / 'parallel_check.py'
     script.write_text(SCRIPT)
-    r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), mode],
+    modes = ['tp-recipe', 'tp', 'fsdp']
+    r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), *modes],
                        capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / f'ok-{mode}-0').exists() and (tmp_path / f'ok-{mode}-1').exists()
-
-
-def test_tensor_parallel_with_recipe_options_matches_the_unsharded_model(tmp_path):
-    run_two('tp-recipe', tmp_path)
-
-
-def test_tensor_parallel_matches_the_unsharded_model(tmp_path):
-    run_two('tp', tmp_path)
-
-
-def test_fsdp2_training_steps_match_the_unsharded_model(tmp_path):
-    run_two('fsdp', tmp_path)
+    assert all((tmp_path / f'ok-{mode}-{rank}').exists() for mode in modes for rank in (0, 1))
 
 
 EXPERT_PARALLEL = textwrap.dedent('''
@@ -153,41 +145,42 @@ def test_expert_parallel_2_and_4_train_like_one_process_and_reshard_checkpoints(
 
 PIPELINE = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
+    from pathlib import Path
     from llmlab.model import Llama, ModelConfig
     from llmlab.parallel import pipeline_stage, pipeline_schedule
     from llmlab.core import assert_close
     dist.init_process_group('gloo'); rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
-    ref = Llama(cfg); model = Llama(cfg); model.load_state_dict(ref.state_dict())
-    stage = pipeline_stage(model, rank, world)
-    ids = torch.randint(0, 64, (8, 10), generator=torch.Generator().manual_seed(1))
-    x, y = ids[:, :-1], ids[:, 1:]
-    loss_fn = lambda out, tgt: torch.nn.functional.cross_entropy(out.flatten(0, 1), tgt.flatten())
-    sched = pipeline_schedule(stage, rank, world, n_microbatches=4, loss_fn=loss_fn, schedule=sys.argv[1])
-    losses = []
-    if rank == 0: sched.step(x)
-    else: sched.step(target=y, losses=losses)
-    ref_loss = loss_fn(ref(x), y); ref_loss.backward()
-    ref_grads = {id(p): p.grad for p in ref.parameters()}
-    mine = {id(p): p for p in stage.parameters()}
-    # stage parameters are the model's own modules: compare each with the same parameter of the reference model
-    for (n, p), (rn, rp) in zip(model.named_parameters(), ref.named_parameters()):
-        # micro-batched gradients summed in another order: observed 1.9e-8
-        if id(p) in mine: assert_close(p.grad, rp.grad, atol=1e-5, what=f'pipeline gradient {n}')
-    # mean of micro-batch losses vs the whole batch's: observed 4.8e-7 on ~3.5
-    if rank == world - 1: assert_close(torch.stack(losses).mean(), ref_loss, atol=1e-5, what='pipeline loss')
+    def check(schedule):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+        ref = Llama(cfg); model = Llama(cfg); model.load_state_dict(ref.state_dict())
+        stage = pipeline_stage(model, rank, world)
+        ids = torch.randint(0, 64, (8, 10), generator=torch.Generator().manual_seed(1))
+        x, y = ids[:, :-1], ids[:, 1:]
+        loss_fn = lambda out, tgt: torch.nn.functional.cross_entropy(out.flatten(0, 1), tgt.flatten())
+        sched = pipeline_schedule(stage, rank, world, n_microbatches=4, loss_fn=loss_fn, schedule=schedule)
+        losses = []
+        if rank == 0: sched.step(x)
+        else: sched.step(target=y, losses=losses)
+        ref_loss = loss_fn(ref(x), y); ref_loss.backward()
+        mine = {id(p): p for p in stage.parameters()}
+        # stage parameters are the model's own modules: compare each with the same parameter of the reference model
+        for (n, p), (rn, rp) in zip(model.named_parameters(), ref.named_parameters()):
+            # micro-batched gradients summed in another order: observed 1.9e-8
+            if id(p) in mine: assert_close(p.grad, rp.grad, atol=1e-5, what=f'{schedule} pipeline gradient {n}')
+        # mean of micro-batch losses vs the whole batch's: observed 4.8e-7 on ~3.5
+        if rank == world - 1: assert_close(torch.stack(losses).mean(), ref_loss, atol=1e-5, what=f'{schedule} pipeline loss')
+    for schedule in sys.argv[1:]:   # one launch for both schedules
+        check(schedule)
+        (Path(sys.argv[0]).parent / f'ok-{schedule}-{rank}').touch()
     dist.destroy_process_group()
-    from pathlib import Path
-    (Path(sys.argv[0]).parent / f'ok-{sys.argv[1]}-{rank}').touch()
 ''')
 
 
 def test_pipeline_1f1b_and_gpipe_steps_match_the_unsharded_model(tmp_path):
     script = tmp_path / 'pipeline_check.py'
     script.write_text(PIPELINE)
-    for schedule in ('1f1b', 'gpipe'):
-        r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), schedule],
-                           capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert (tmp_path / f'ok-{schedule}-0').exists() and (tmp_path / f'ok-{schedule}-1').exists()
+    r = subprocess.run([TORCHRUN, '--nproc_per_node', '2', '--master_port', str(free_port()), str(script), '1f1b', 'gpipe'],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert all((tmp_path / f'ok-{schedule}-{rank}').exists() for schedule in ('1f1b', 'gpipe') for rank in (0, 1))
