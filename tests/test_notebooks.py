@@ -17,6 +17,20 @@ SLOW = {'tutorials/finetune_smollm2.ipynb', 'tutorials/interp_smollm2.ipynb', '0
         '05b_decode_kernels.ipynb', '10b_harness.ipynb', '13_cli.ipynb', '06_memory.ipynb'}
 
 
+@pytest.fixture(autouse=True)
+def library_registrations_restored():
+    """Notebooks run in this process one after another, and a chapter that defines a registered class registers its own copy
+    (02b_moe's `SparseMoE`, with the chapter's own registries of scoring functions and expert implementations): the
+    notebooks after it must find the library's entries again. Entries a notebook adds (a first import's) stay."""
+    import gc
+    from llmlab.core import Registry
+    saved = [(r, dict(r._items)) for r in gc.get_objects() if isinstance(r, Registry)]
+    yield
+    for registry, items in saved:
+        for name, obj in items.items():
+            if registry._items.get(name) is not obj: registry._items[name] = obj
+
+
 @pytest.mark.parametrize('nb', [pytest.param(p, marks=[pytest.mark.slow] if str(p.relative_to(NBS)) in SLOW else [])
                                 for p in NOTEBOOKS], ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
 def test_notebook(nb, monkeypatch):
