@@ -12,7 +12,7 @@ system fed through the model (padding included): where the time goes.
 
     python benchmarks/bench_eval.py [--repeats 2]
 """
-import argparse, json, os, platform, random, statistics, sys, tempfile, time
+import argparse, atexit, json, os, platform, random, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1'); os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -77,6 +77,7 @@ def main():
     ours = load_pretrained('smollm2-135m-instruct', dtype='float32', progress=False)
     counters = {'hf': TokenCounter(hf.model.embed_tokens), 'llmlab': TokenCounter(ours.embed_tokens)}
     data = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, data, True)
     mmlu_5shot_data(data)
     _write(data / 'openai/gsm8k/main', 'test', word_problems(a.problems))
     tm, _ = _task_manager(['mmlu', 'gsm8k_cot'])

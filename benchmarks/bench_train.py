@@ -7,7 +7,7 @@ per second are measured over the steps after a warm-up, alternating the two runs
 
     python benchmarks/bench_train.py [--steps 20] [--repeats 2]
 """
-import argparse, json, platform, statistics, tempfile, time
+import argparse, atexit, json, platform, shutil, statistics, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ def main():
     cfg = ModelConfig(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                       num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
     tmp = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, tmp, True)   # the shards and every run's final checkpoint
     g = torch.Generator().manual_seed(0)
     stream, starts = pack_stream([torch.randint(1, 8192, (500,), generator=g).tolist() for _ in range(400)], 0)
     stream.astype(np.uint16).tofile(tmp / 'tokens.bin')   # the shard layout build_shards writes
@@ -56,7 +57,7 @@ def main():
     def llmlab_trainer():
         torch.manual_seed(0)
         model = Llama(cfg)
-        run = Path(tempfile.mkdtemp())
+        run = Path(tempfile.mkdtemp(dir=tmp))
         stamps = []
         class Clock:
             def on_step_end(self, trainer, record): stamps.append(time.perf_counter())

@@ -129,7 +129,7 @@ def run_llmlab(spec, clock, optimizer):
         def on_step_end(self, trainer, record):
             if clock.probe(trainer.model, trainer.state.tokens): trainer.should_stop = True
 
-    cfg = TrainConfig(run_dir=tempfile.mkdtemp(prefix='ttl-llmlab-'), max_steps=10**6, batch_size=spec['batch_size'], lr=o['lr'],
+    cfg = TrainConfig(run_dir=tempfile.mkdtemp(prefix='llmlab-', dir=spec['scratch']), max_steps=10**6, batch_size=spec['batch_size'], lr=o['lr'],
                       weight_decay=o['weight_decay'], betas=tuple(o['betas']), schedule='constant', warmup_steps=o['warmup_steps'],
                       grad_clip=o['grad_clip'], optimizer=optimizer, muon_lr=o['muon_lr'], eval_every=10**6, save_every=10**6,
                       log_every=10**6, trackers=[], progress=False, seed=spec['seed'], checkpoint_on_signal=False,
@@ -161,7 +161,7 @@ def run_hf_trainer(spec, clock):
         def on_step_end(self, args, state, control, model=None, **kw):
             if clock.probe(model, state.global_step * spec['batch_size'] * spec['block_size']): control.should_training_stop = True
 
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix='ttl-hf-'), per_device_train_batch_size=spec['batch_size'],
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix='hf-', dir=spec['scratch']), per_device_train_batch_size=spec['batch_size'],
                              learning_rate=o['lr'], weight_decay=o['weight_decay'], adam_beta1=o['betas'][0], adam_beta2=o['betas'][1],
                              lr_scheduler_type='constant_with_warmup', warmup_steps=o['warmup_steps'], max_grad_norm=o['grad_clip'],
                              max_steps=10**6, save_strategy='no', eval_strategy='no', logging_strategy='no', report_to=[],
@@ -210,7 +210,7 @@ def run_litgpt(spec, clock):
         model_box['model'] = kw['state']['model']
         return fit(*a, **kw)
     pretrain.fit = fit_keeping_the_model
-    pretrain.setup('ttl-bench', model_config=config, out_dir=Path(tempfile.mkdtemp(prefix='ttl-litgpt-')), precision='32-true',
+    pretrain.setup('ttl-bench', model_config=config, out_dir=Path(tempfile.mkdtemp(prefix='litgpt-', dir=spec['scratch'])), precision='32-true',
                    data=Data(), logger_name='csv', seed=spec['seed'], devices=1,
                    train=TrainArgs(save_interval=None, log_interval=10**6, global_batch_size=B, micro_batch_size=B, max_tokens=10**12,
                                    max_norm=o['grad_clip'], min_lr=o['lr'], lr_warmup_steps=o['warmup_steps'], tie_embeddings=True),
@@ -230,10 +230,13 @@ def main():
         return y if isinstance(y, torch.Tensor) else y.logits
     clock = Clock(spec, val, logits_fn)
     t = time.perf_counter()
-    if system in ('llmlab-adamw', 'llmlab-muon'): n = run_llmlab(spec, clock, system.split('-')[1])
-    elif system == 'hf-trainer': n = run_hf_trainer(spec, clock)
-    elif system == 'litgpt': n = run_litgpt(spec, clock)
-    else: raise SystemExit(f"unknown system {system!r}")
+    runners = {'llmlab-adamw': lambda: run_llmlab(spec, clock, 'adamw'), 'llmlab-muon': lambda: run_llmlab(spec, clock, 'muon'),
+               'hf-trainer': lambda: run_hf_trainer(spec, clock), 'litgpt': lambda: run_litgpt(spec, clock)}
+    if system not in runners: raise SystemExit(f"unknown system {system!r}")
+    # each system's run folder (its final checkpoint: hundreds of MB) lives only as long as the run
+    with tempfile.TemporaryDirectory(prefix='ttl-') as scratch:
+        spec['scratch'] = scratch
+        n = runners[system]()
     if not clock.done: raise SystemExit(f"{system} stopped before the budget ({clock.seconds():.1f} of {spec['budget_s']} s)")
     last = clock.curve[-1]
     half = [p for p in clock.curve if p['seconds'] >= spec['budget_s'] / 2][0]

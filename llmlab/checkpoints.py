@@ -21,8 +21,8 @@ from .moe import MOE_FIELDS
 # %% auto #0
 __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_from_hf', 'config_to_hf', 'read_state_dict',
            'model_from_state_dict', 'load_hf_dir', 'save_hf_dir', 'pack_experts', 'unpack_experts',
-           'unpermute_rotary_rows', 'read_gguf', 'load_gguf', 'cache_root', 'resolve_source', 'gguf_cache_dir',
-           'cached_gguf', 'load_pretrained', 'load_tokenizer', 'generate_text']
+           'unpermute_rotary_rows', 'read_gguf', 'load_gguf', 'cache_root', 'resolve_source', 'gguf_fingerprint',
+           'gguf_cache_dir', 'cached_gguf', 'load_pretrained', 'load_tokenizer', 'generate_text']
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
 HF_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe')   # qwen2: q/k/v biases; qwen3: QK-norm
@@ -348,11 +348,18 @@ def resolve_source(name_or_path) -> Path:
                            " (llmlab works offline: Hub model ids are not downloaded)"))
 
 # %% ../nbs/03_checkpoints.ipynb #6fa2d62d
+def gguf_fingerprint(gguf_path:Path, samples:int=16, block:int=2**20) -> str:
+    "A key for the file's content: its size, its header and `samples` blocks spread over it (read in milliseconds at any size)."
+    size, h = gguf_path.stat().st_size, hashlib.sha256()
+    h.update(str(size).encode())
+    with open(gguf_path, 'rb') as f:
+        for at in sorted({min(i * size // samples, max(0, size - block)) for i in range(samples + 1)}):
+            f.seek(at); h.update(f.read(block))
+    return h.hexdigest()[:16]
+
 def gguf_cache_dir(gguf_path:Path) -> Path:
-    "The cache folder for `gguf_path`, keyed by its location, size and modification time."
-    st = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / 'models' / f"{gguf_path.stem}-{key}"
+    "The cache folder for `gguf_path`: the same file in another venv or folder shares it (the key is its content, not its path)."
+    return cache_root() / 'models' / f"{gguf_path.stem}-{gguf_fingerprint(gguf_path)}"
 
 def _gguf_tokenizer(gguf_path:Path):
     from transformers import AutoTokenizer
