@@ -20,18 +20,20 @@ from .moe import MOE_FIELDS
 
 # %% auto #0
 __all__ = ['HF_MODEL_TYPES', 'GGUF_ARCHITECTURES', 'pretrained_models', 'config_from_hf', 'config_to_hf', 'read_state_dict',
-           'model_from_state_dict', 'load_hf_dir', 'save_hf_dir', 'pack_experts', 'unpack_experts',
+           'model_from_state_dict', 'load_hf_dir', 'save_hf_dir', 'pack_experts', 'unpack_experts', 'deepseek_names',
            'unpermute_rotary_rows', 'read_gguf', 'load_gguf', 'cache_root', 'resolve_source', 'gguf_fingerprint',
            'gguf_cache_dir', 'cached_gguf', 'load_pretrained', 'load_tokenizer', 'generate_text']
 
 # %% ../nbs/03_checkpoints.ipynb #89d9ee19
-HF_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe')   # qwen2: q/k/v biases; qwen3: QK-norm
-_RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap', 'init')   # llmlab's options; Hugging Face spells them by architecture
+HF_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3')   # qwen2: q/k/v biases; qwen3: QK-norm
+_RECIPE_FIELDS = ('qk_norm', 'mlp', 'zero_init_output', 'logit_softcap', 'init', 'attention')   # llmlab's options; Hugging Face spells them by architecture
+_MLA_FIELDS = ('q_lora_rank', 'kv_lora_rank', 'qk_nope_head_dim', 'qk_rope_head_dim', 'v_head_dim', 'rope_interleave')   # DeepSeek-V3's names
 _CONFIG_FIELDS = [f for f in ModelConfig.__dataclass_fields__ if f not in ('attn_backend',) + _RECIPE_FIELDS]
-_DENSE_FIELDS = [f for f in _CONFIG_FIELDS if f not in MOE_FIELDS]
+_DENSE_FIELDS = [f for f in _CONFIG_FIELDS if f not in MOE_FIELDS + _MLA_FIELDS]
 
 def _moe_from_hf(d:dict, model_type:str) -> dict:
     "The mixture-of-experts fields of a Mixtral, OLMoE or Qwen-MoE config.json, in `ModelConfig`'s names (empty: a dense model)."
+    if model_type == 'deepseek_v3': return _deepseek_from_hf(d)
     if model_type not in ('mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe'): return {}
     moe = {'mlp': 'moe', 'num_experts': d.get('num_local_experts', d.get('num_experts'))}
     if model_type == 'mixtral': moe.update(moe_intermediate_size=d['intermediate_size'], norm_topk_prob=True)
@@ -48,6 +50,9 @@ def config_from_hf(d:dict, source:str='config.json', attn_backend:str='sdpa') ->
                               "checkpoints (LlamaForCausalLM and compatible)")
     if d.get('hidden_act', 'silu') != 'silu':
         raise CheckpointError(f"{source}: hidden_act={d['hidden_act']!r} is not supported; llmlab's MLP is SwiGLU (silu)")
+    if d.get('quantization_config'):
+        raise CheckpointError(f"{source}: the weights are quantized ({d['quantization_config'].get('quant_method', '?')}); llmlab loads "
+                              "floating-point checkpoints: dequantize them first (a bf16 copy of the model)")
     if d.get('clip_qkv') is not None: raise CheckpointError(f"{source}: clip_qkv={d['clip_qkv']} is not supported by llmlab's attention")
     if d.get('sliding_window') is not None and d.get('use_sliding_window', model_type != 'qwen3'):
         raise CheckpointError(f"{source}: sliding_window={d['sliding_window']} is not supported by llmlab's decoder")
@@ -72,14 +77,16 @@ def _dense_arch(c:ModelConfig) -> tuple[str, str]:
     return ('Qwen3ForCausalLM', 'qwen3') if c.qk_norm else ('LlamaForCausalLM', 'llama')
 
 def config_to_hf(config:ModelConfig, dtype:torch.dtype=torch.float32) -> dict:
-    "The `config.json` dict `transformers` reads as the architecture that computes what `config` says (Llama, Qwen2/3 and their MoEs, Mixtral, OLMoE)."
+    "The `config.json` dict `transformers` reads as the architecture that computes what `config` says (Llama, Qwen2/3 and their MoEs, Mixtral, OLMoE, DeepSeek-V3)."
     if config.mlp not in ('swiglu', 'moe') or config.logit_softcap is not None:
         raise CheckpointError(f"no Hugging Face llama-family architecture has mlp={config.mlp!r} or logit_softcap={config.logit_softcap}: "
                               "transformers would build another model from this config.json. Keep such a model in llmlab's "
                               "training checkpoints (Trainer, safetensors) instead")
     d = {k: v for k, v in config.to_dict().items() if k in _DENSE_FIELDS and k != 'qkv_bias'}
-    arch, kind = _moe_arch(config) if config.mlp == 'moe' else _dense_arch(config)
-    if config.mlp == 'moe': d.update(_moe_to_hf(config, kind))
+    if config.attention == 'mla': (arch, kind), extra = ('DeepseekV3ForCausalLM', 'deepseek_v3'), _deepseek_to_hf(config)
+    elif config.mlp == 'moe': arch, kind = _moe_arch(config); extra = _moe_to_hf(config, kind)
+    else: (arch, kind), extra = _dense_arch(config), {}
+    d.update(extra)
     return {'architectures': [arch], 'model_type': kind, 'hidden_act': 'silu', **d,
             **({'use_sliding_window': False, 'sliding_window': None} if kind.startswith('qwen') else {}),
             'torch_dtype': dtype_name(dtype), 'use_cache': True}
@@ -121,6 +128,7 @@ def model_from_state_dict(config:ModelConfig, state_dict:dict[str, Tensor], dtyp
     with torch.device('meta'): model = Llama(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     sd = {k.removeprefix('model.'): v for k, v in state_dict.items() if not k.endswith('rotary_emb.inv_freq')}
+    if config.attention == 'mla': sd = deepseek_names(sd, config.num_hidden_layers)
     if config.mlp == 'moe': sd = pack_experts(sd, config.num_experts, source)
     if config.tie_word_embeddings:
         expected.pop('lm_head.weight'); sd.pop('lm_head.weight', None)
@@ -173,6 +181,7 @@ def save_hf_dir(model:Llama, path, tokenizer=None, max_shard_size:str|int='5GB')
         sd = {('' if k.startswith('lm_head') else 'model.') + k: v.detach().contiguous().cpu()
               for k, v in model.state_dict().items() if not (cfg.tie_word_embeddings and k == 'lm_head.weight')}
         if cfg.mlp == 'moe': sd = unpack_experts(sd, hf_config['model_type'])   # per expert, as transformers writes them
+        if cfg.attention == 'mla': sd = deepseek_names(sd, to_hf=True)
         save_torch_state_dict(sd, tmp, max_shard_size=max_shard_size)
         (tmp / 'config.json').write_text(json.dumps(hf_config, indent=2))
         gen = {k: getattr(cfg, k) for k in ('bos_token_id', 'eos_token_id', 'pad_token_id') if getattr(cfg, k) is not None}
@@ -245,6 +254,36 @@ def _moe_to_hf(c:ModelConfig, kind:str) -> dict:
     if kind == 'qwen2_moe': d.update(num_experts=c.num_experts, shared_expert_intermediate_size=c.shared_expert_intermediate_size, qkv_bias=c.qkv_bias)
     return d
 
+
+# %% ../nbs/03_checkpoints.ipynb #5307f3e1
+_DEEPSEEK_NAMES = {'.mlp.gate.e_score_correction_bias': '.mlp.expert_bias', '.mlp.shared_experts.': '.mlp.shared_expert.'}
+
+def deepseek_names(sd:dict, num_hidden_layers:int|None=None, to_hf:bool=False) -> dict:
+    "DeepSeek-V3's tensor names as llmlab's (or back, `to_hf`); with `num_hidden_layers`, the prediction layers after the last block dropped."
+    pairs = [(b, a) if to_hf else (a, b) for a, b in _DEEPSEEK_NAMES.items()]
+    def rename(k):
+        for old, new in pairs: k = k.replace(old, new)
+        return k
+    extra = re.compile(r'(?:model\.)?layers\.(\d+)\.')
+    keep = lambda k: num_hidden_layers is None or not (m := extra.match(k)) or int(m[1]) < num_hidden_layers
+    return {rename(k): v for k, v in sd.items() if keep(k)}
+
+def _deepseek_from_hf(d:dict) -> dict:
+    return {'attention': 'mla', 'mlp': 'moe', 'num_experts': d['n_routed_experts'], 'scoring_func': 'sigmoid', 'expert_bias': True,
+            'shared_expert_intermediate_size': (d.get('n_shared_experts') or 0) * d['moe_intermediate_size']}
+
+def _deepseek_to_hf(c:ModelConfig) -> dict:
+    "DeepSeek-V3's config.json fields for `c`, refusing what its model cannot compute."
+    d = {k: getattr(c, k) for k in _MLA_FIELDS}
+    if c.mlp != 'moe': return {**d, 'n_routed_experts': 1, 'num_experts_per_tok': 1, 'moe_intermediate_size': c.intermediate_size,
+                               'n_shared_experts': 0, 'n_group': 1, 'topk_group': 1, 'first_k_dense_replace': c.num_hidden_layers}
+    i = c.moe_intermediate_size or c.intermediate_size
+    _refuse('DeepseekV3ForCausalLM', c, {'scoring_func': 'sigmoid', 'expert_bias': True, 'shared_expert_gate': False, 'decoder_sparse_step': 1,
+                                         'mlp_only_layers': [], 'capacity_factor': None, 'qk_norm': False, 'qkv_bias': False,
+                                         'shared_expert_intermediate_size': c.shared_expert_intermediate_size // i * i})
+    return {**d, 'n_routed_experts': c.num_experts, 'n_shared_experts': c.shared_expert_intermediate_size // i, 'moe_intermediate_size': i,
+            **{k: getattr(c, k) for k in ('num_experts_per_tok', 'n_group', 'topk_group', 'norm_topk_prob', 'routed_scaling_factor',
+                                           'first_k_dense_replace')}}
 
 # %% ../nbs/03_checkpoints.ipynb #1bc361c1
 _GGUF_NAMES = {'token_embd': 'model.embed_tokens', 'output_norm': 'model.norm', 'output': 'lm_head',

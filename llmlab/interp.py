@@ -47,28 +47,30 @@ def act_name(name:str, layer:int|None=None, sub:str|None=None) -> str:
     raise ValueError(f"unknown activation {name!r}; use one of embed, scale, normalized, {', '.join(_BLOCK)}, "
                      f"{', '.join(_ATTN)}, {', '.join(_MLP)}")
 
-def _mlp_kinds(model) -> tuple[str, ...]:
-    "Each block's feed-forward kind: of an llmlab model or config, or `n` dense (SwiGLU) blocks (a Hugging Face model's: its layers')."
-    if isinstance(model, int): return ('swiglu',) * model
+def _block_kinds(model) -> tuple[tuple[str, str], ...]:
+    "Each block's (attention kind, feed-forward kind): of an llmlab model or config, or `n` dense blocks (a Hugging Face model's: its layers')."
+    if isinstance(model, int): return (('gqa', 'swiglu'),) * model
     cfg = model if isinstance(model, ModelConfig) else model.config
-    if not isinstance(cfg, ModelConfig): return ('swiglu',) * cfg.num_hidden_layers
-    return tuple(cfg.mlp_kind(i) for i in range(cfg.num_hidden_layers))
+    if not isinstance(cfg, ModelConfig): return (('gqa', 'swiglu'),) * cfg.num_hidden_layers
+    return tuple((cfg.attention, cfg.mlp_kind(i)) for i in range(cfg.num_hidden_layers))
 
 @functools.lru_cache(maxsize=None)
-def _hook_names(kinds:tuple[str, ...]) -> tuple[str, ...]:
-    def per_block(kind): return (['hook_resid_pre', 'ln1.hook_scale', 'ln1.hook_normalized'] + [f'attn.hook_{n}' for n in _ATTN]
-                                 + ['hook_attn_out', 'hook_resid_mid', 'ln2.hook_scale', 'ln2.hook_normalized']
-                                 + [f'mlp.{n}' for n in getattr(mlp_kinds[kind], 'hook_names', ())] + ['hook_mlp_out', 'hook_resid_post'])
-    return (('hook_embed',) + tuple(f'blocks.{i}.{n}' for i, kind in enumerate(kinds) for n in per_block(kind))
+def _hook_names(kinds:tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    def per_block(attention, mlp):
+        inside = [f'attn.hook_{n}' for n in _ATTN] if attention == 'gqa' else []   # TransformerLens names grouped-query attention's only
+        return (['hook_resid_pre', 'ln1.hook_scale', 'ln1.hook_normalized'] + inside
+                + ['hook_attn_out', 'hook_resid_mid', 'ln2.hook_scale', 'ln2.hook_normalized']
+                + [f'mlp.{n}' for n in getattr(mlp_kinds[mlp], 'hook_names', ())] + ['hook_mlp_out', 'hook_resid_post'])
+    return (('hook_embed',) + tuple(f'blocks.{i}.{n}' for i, kinds_i in enumerate(kinds) for n in per_block(*kinds_i))
             + ('ln_final.hook_scale', 'ln_final.hook_normalized'))
 
 def hook_names(model) -> list[str]:
     "Every hook point of an llmlab model (or config, or a number of dense blocks), in the order a forward pass reaches them; a block's MLP has the hook points its kind declares."
-    return list(_hook_names(_mlp_kinds(model)))
+    return list(_hook_names(_block_kinds(model)))
 
 def check_hook_name(model, name:str) -> str:
     "`name` if `model` (an llmlab model or config, or a number of dense blocks) has that hook point; else an error naming the closest one."
-    kinds = _mlp_kinds(model)
+    kinds = _block_kinds(model)
     if name not in set(_hook_names(kinds)):
         raise UnknownNameError(f"{name!r} is not a hook point of this {len(kinds)}-block model.{_did_you_mean(name, _hook_names(kinds))} "
                                f"hook_names(model) lists them all; act_name('resid_pre', 3) builds one.")
@@ -113,24 +115,27 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         p, attn, mlp = f'blocks.{i}.', block.self_attn, block.mlp
         x = point(p + 'hook_resid_pre', x)
         h = norm(p + 'ln1.', block.input_layernorm, x)
-        q = point(p + 'attn.hook_q', attn.q_proj(h).view(B, T, H, D))
-        k = point(p + 'attn.hook_k', attn.k_proj(h).view(B, T, Hkv, D))
-        v = point(p + 'attn.hook_v', attn.v_proj(h).view(B, T, Hkv, D))
-        if cfg.qk_norm and cfg.qk_norm_scope == 'head': q, k = attn.q_norm(q), attn.k_norm(k)   # each head's channels, before the rotation
-        elif cfg.qk_norm: q, k = attn.q_norm(q.flatten(2)).view_as(q), attn.k_norm(k.flatten(2)).view_as(k)   # the whole projection
-        q = point(p + 'attn.hook_rot_q', apply_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2))
-        k = point(p + 'attn.hook_rot_k', apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if wants(p + 'attn.hook_attn_scores') or wants(p + 'attn.hook_pattern'):
-            scores = (q @ repeat_kv(k, H // Hkv).transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(D)
-            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            if mask is not None: allowed = allowed & mask
-            scores = point(p + 'attn.hook_attn_scores', scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
-            pattern = point(p + 'attn.hook_pattern', scores.softmax(-1).masked_fill(~allowed, 0.0))
-            z = pattern.to(v.dtype) @ repeat_kv(v, H // Hkv)
-        else: z = attention_backends[cfg.attn_backend](q, k, v, causal=True, mask=mask)
-        z = point(p + 'attn.hook_z', z.transpose(1, 2))
-        attn_out = point(p + 'hook_attn_out', attn.o_proj(z.reshape(B, T, H * D)))
+        if cfg.attention != 'gqa':   # another kind (MLA) has no TransformerLens names inside: only its output is a hook point
+            attn_out = point(p + 'hook_attn_out', attn(h, cos, sin, mask))
+        else:
+            q = point(p + 'attn.hook_q', attn.q_proj(h).view(B, T, H, D))
+            k = point(p + 'attn.hook_k', attn.k_proj(h).view(B, T, Hkv, D))
+            v = point(p + 'attn.hook_v', attn.v_proj(h).view(B, T, Hkv, D))
+            if cfg.qk_norm and cfg.qk_norm_scope == 'head': q, k = attn.q_norm(q), attn.k_norm(k)   # each head's channels, before the rotation
+            elif cfg.qk_norm: q, k = attn.q_norm(q.flatten(2)).view_as(q), attn.k_norm(k.flatten(2)).view_as(k)   # the whole projection
+            q = point(p + 'attn.hook_rot_q', apply_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2))
+            k = point(p + 'attn.hook_rot_k', apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2))
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if wants(p + 'attn.hook_attn_scores') or wants(p + 'attn.hook_pattern'):
+                scores = (q @ repeat_kv(k, H // Hkv).transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(D)
+                allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                if mask is not None: allowed = allowed & mask
+                scores = point(p + 'attn.hook_attn_scores', scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
+                pattern = point(p + 'attn.hook_pattern', scores.softmax(-1).masked_fill(~allowed, 0.0))
+                z = pattern.to(v.dtype) @ repeat_kv(v, H // Hkv)
+            else: z = attention_backends[cfg.attn_backend](q, k, v, causal=True, mask=mask)
+            z = point(p + 'attn.hook_z', z.transpose(1, 2))
+            attn_out = point(p + 'hook_attn_out', attn.o_proj(z.reshape(B, T, H * D)))
         x = point(p + 'hook_resid_mid', x + attn_out)
         h = norm(p + 'ln2.', block.post_attention_layernorm, x)
         hooked = any(wants(f'{p}mlp.{n}') for n in getattr(mlp, 'hook_names', ()))   # the MLP calls its own hook points

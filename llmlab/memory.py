@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import ConfigError
-from .model import Block, Llama, ModelConfig, mlp_kinds
+from .model import Block, Llama, ModelConfig, attention_kinds, mlp_kinds
 
 # %% auto #0
 __all__ = ['CHECKPOINT_POLICIES', 'HARDWARE', 'PRECISIONS', 'OPTIMIZER_STATE', 'LLAMA3_70B', 'checkpoint_every',
@@ -105,12 +105,10 @@ def as_model_config(model) -> ModelConfig:
 # %% ../nbs/06_memory.ipynb #5d1a96f2
 def parameter_counts(cfg:ModelConfig) -> dict:
     "Parameters by where the parallel plans put them: `blocks` (split by TP), `embedding`, `head`, `norms`."
-    h, hd, L = cfg.hidden_size, cfg.head_dim, cfg.num_hidden_layers
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    attention = h * q + 2 * h * kv + q * h + (q + 2 * kv if cfg.attention_bias or cfg.qkv_bias else 0) + (h if cfg.attention_bias else 0)
-    feed_forward = sum(_feed_forward_parameters(cfg, layer)[0] for layer in range(L))   # each kind counts its own
-    norms = 2 * h + ((2 * hd if cfg.qk_norm_scope == 'head' else q + kv) if cfg.qk_norm else 0)
-    return {'blocks': L * attention + feed_forward, 'block_norms': L * norms, 'norm': h,
+    h, L = cfg.hidden_size, cfg.num_hidden_layers
+    attention = attention_kinds[cfg.attention].parameter_counts(cfg)   # each kind counts its own, as each feed-forward kind does
+    feed_forward = sum(_feed_forward_parameters(cfg, layer)[0] for layer in range(L))
+    return {'blocks': L * attention['projections'] + feed_forward, 'block_norms': L * (2 * h + attention['norms']), 'norm': h,
             'embedding': cfg.vocab_size * h, 'head': 0 if cfg.tie_word_embeddings else cfg.vocab_size * h}
 
 def _feed_forward_parameters(cfg:ModelConfig, layer:int) -> tuple[int, int]: return mlp_kinds[cfg.mlp_kind(layer)].parameter_counts(cfg)
@@ -125,14 +123,15 @@ def unused_parameters_per_token(cfg:ModelConfig) -> int:
     return sum(total - used for total, used in (_feed_forward_parameters(cfg, l) for l in range(cfg.num_hidden_layers)))
 
 def model_flops_per_token(cfg, seq_len:int, n_params:int|None=None) -> float:
-    """Training FLOPs per token: 6 x parameters (forward and backward), plus 12 x layers x attention width x sequence for
-    the attention scores. The parameters are counted from `cfg` (an llmlab `ModelConfig`) unless `n_params` is given, as
+    """Training FLOPs per token: 6 x parameters (forward and backward), plus 6 x layers x heads x (query-key width + value
+    width) x sequence for the attention scores and their sum over values (12 x layers x attention width x sequence when the widths are equal). The parameters are counted from `cfg` (an llmlab `ModelConfig`) unless `n_params` is given, as
     the Trainer gives it for other models (a Hugging Face config, LoRA adapters). A mixture of experts counts the experts a
     token is routed to, not all of them."""
     n = n_params if n_params is not None else sum(parameter_counts(cfg).values())
     if isinstance(cfg, ModelConfig): n -= unused_parameters_per_token(cfg)
     head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
-    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len
+    qk, v = (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim) if getattr(cfg, 'attention', 'gqa') == 'mla' else (head_dim, head_dim)
+    return 6.0 * n + 6.0 * cfg.num_hidden_layers * cfg.num_attention_heads * (qk + v) * seq_len   # Q K^T and P V, per head
 
 # bytes per parameter: (parameters, gradients, optimizer state for AdamW); bf16-mixed adds bf16 working copies (see comm)
 PRECISIONS = {'fp32': (4, 4, 8), 'bf16': (2, 2, 4), 'bf16-mixed': (4, 4, 8)}
@@ -152,6 +151,7 @@ def block_activation_bytes(cfg:ModelConfig, tokens:int, precision:str='fp32', tp
     "Bytes one decoder block (the mean over the blocks, when their feed-forwards differ) saves for backward, split into the attention and MLP halves and the block input."
     h, heads = cfg.hidden_size, cfg.num_attention_heads
     kv = cfg.num_key_value_heads * cfg.head_dim
+    if cfg.attention == 'mla': kv = cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)   # keys expanded per head
     ah, akv = (32, 8) if precision == 'fp32' else (20, 4)
     dt = 4 if precision == 'fp32' else 2
     # the norms' and residual tensors are replicated under TP; the projections' outputs are split

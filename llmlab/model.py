@@ -21,10 +21,11 @@ from .core import Config, ConfigError, Registry
 from .attention import attention_backends
 
 # %% auto #0
-__all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'ModelConfig', 'small_init', 'normal_init', 'no_hook', 'MLP', 'ReLU2MLP',
-           'RMSNorm', 'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block',
-           'KVCache', 'positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity',
-           'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'pick_next_tokens', 'generate']
+__all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'attention_kinds', 'ModelConfig', 'small_init', 'normal_init', 'no_hook',
+           'MLP', 'ReLU2MLP', 'RMSNorm', 'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary',
+           'Attention', 'Block', 'KVCache', 'positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs',
+           'lm_loss', 'perplexity', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'pick_next_tokens',
+           'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
 @dataclass
@@ -57,6 +58,14 @@ class ModelConfig(Config):
     mlp: str = 'swiglu'                        # a name in `mlp_kinds`: 'relu2' is down(relu(up(x))^2), no gate (modded-nanogpt)
     zero_init_output: bool = False             # o_proj and down_proj start at zero, so every block starts as the identity
     logit_softcap: Optional[float] = None      # logits = cap * tanh(logits / cap) (Gemma 2's final_logit_softcapping)
+    attention: str = 'gqa'                     # a name in `attention_kinds`: 'gqa' (above), 'mla' (llmlab.mla, DeepSeek-V2/V3's)
+    # multi-head latent attention (attention='mla'), in DeepSeek-V3's names
+    q_lora_rank: Optional[int] = None          # queries through a bottleneck of this rank (None: one projection)
+    kv_lora_rank: int = 512                    # keys and values expanded from one latent of this width per token (what is cached)
+    qk_nope_head_dim: int = 128                # each head's query/key channels without rotation,
+    qk_rope_head_dim: int = 64                 #   and with it (one rotated key for all heads; `head_dim` is this under MLA)
+    v_head_dim: int = 128
+    rope_interleave: bool = False              # rotate channel pairs (0, 1), (2, 3), ... as DeepSeek's checkpoints lay them out
     # mixture of experts (mlp='moe', llmlab.moe), in Hugging Face's names (Qwen3-MoE's, DeepSeek-V3's for what it adds)
     num_experts: int = 0                       # routed experts in each sparse layer
     num_experts_per_tok: int = 2               # top-k: experts each token is sent to
@@ -99,6 +108,7 @@ def _check_shape(c:ModelConfig):
     if c.num_key_value_heads is None: c.num_key_value_heads = c.num_attention_heads
     if c.num_attention_heads % c.num_key_value_heads:
         raise ConfigError(f"{c._where('num_key_value_heads')}={c.num_key_value_heads} must divide num_attention_heads={c.num_attention_heads}")
+    if c.attention == 'mla': c.head_dim = c.qk_rope_head_dim   # the rotated width, over which the frequencies run (as transformers sets it)
     if c.head_dim is None:
         if c.hidden_size % c.num_attention_heads:
             raise ConfigError(f"{c._where('hidden_size')}={c.hidden_size} is not divisible by "
@@ -109,6 +119,7 @@ def _check_shape(c:ModelConfig):
 def _check_choices(c:ModelConfig):
     "Names that must be registered (rotary scaling, MLP kind, attention backend) and a positive soft-cap."
     registries = {'attn_backend': (c.attn_backend, attention_backends), 'mlp': (c.mlp, mlp_kinds), 'init': (c.init, init_schemes)}
+    if c.attention != 'gqa': registries['attention'] = (c.attention, attention_kinds)   # 'gqa': this chapter's own, defined below
     if c.rope_scaling is not None: registries['rope_scaling'] = (c.rope_scaling.get('rope_type', c.rope_scaling.get('type')), rope_scalings)
     for field, (name, registry) in registries.items(): registry.check(name, c._where(field))
     if c.qk_norm_scope not in ('head', 'projection'):
@@ -264,6 +275,9 @@ def apply_rotary(x:Tensor, cos:Tensor, sin:Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 # %% ../nbs/02_model.ipynb #07543307
+attention_kinds = Registry('attention kind')   # `ModelConfig.attention` -> a block's attention module
+
+@attention_kinds.register('gqa')
 class Attention(nn.Module):
     "Grouped-query attention: project, rotate, cache, attend through the configured backend, project back."
     def __init__(self, config:ModelConfig, layer_idx:int):
@@ -281,6 +295,18 @@ class Attention(nn.Module):
 
     def rotate(self, x:Tensor, cos:Tensor, sin:Tensor) -> Tensor: return apply_rotary(x, cos, sin)   # a fused kernel can take over
 
+    @staticmethod
+    def cache_shapes(c:ModelConfig) -> tuple:
+        "(heads, width) of what the KV cache keeps per token: keys, then values."
+        return (c.num_key_value_heads, c.head_dim), (c.num_key_value_heads, c.head_dim)
+
+    @staticmethod
+    def parameter_counts(c:ModelConfig) -> dict:
+        "Parameters of the projections (split by tensor parallelism) and of the QK-norms (replicated)."
+        h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        projections = 2 * h * q + 2 * h * kv + (q + 2 * kv if c.attention_bias or c.qkv_bias else 0) + (h if c.attention_bias else 0)
+        return {'projections': projections, 'norms': ((2 * c.head_dim if c.qk_norm_scope == 'head' else q + kv) if c.qk_norm else 0)}
+
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache:KVCache|None=None) -> Tensor:
         B, T, _ = x.shape
         q, k = self.q_proj(x), self.k_proj(x)
@@ -294,12 +320,16 @@ class Attention(nn.Module):
         y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
+attention_kinds.register_lazy('mla', 'llmlab.mla')   # DeepSeek's multi-head latent attention: its own chapter
+
+
+# %% ../nbs/02_model.ipynb #e523f6ec
 class Block(nn.Module):
     "Two pre-norm residual branches: attention, then the MLP."
     def __init__(self, config:ModelConfig, layer_idx:int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = attention_kinds[config.attention](config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = mlp_kinds[config.mlp_kind(layer_idx)](config)
 
@@ -309,11 +339,11 @@ class Block(nn.Module):
 
 # %% ../nbs/02_model.ipynb #c7231598
 class KVCache:
-    "Preallocated keys and values of every layer: `(layers, batch, kv_heads, max_len, head_dim)`."
+    "Preallocated keys and values of every layer, `(layers, batch, heads, max_len, width)`, shaped as the attention kind caches them."
     def __init__(self, config:ModelConfig, batch_size:int, max_len:int, dtype=torch.float32, device=None):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        (hk, dk), (hv, dv) = attention_kinds[config.attention].cache_shapes(config)
+        self.k = torch.zeros(config.num_hidden_layers, batch_size, hk, max_len, dk, dtype=dtype, device=device)
+        self.v = torch.zeros(config.num_hidden_layers, batch_size, hv, max_len, dv, dtype=dtype, device=device)
         self.length, self.max_len = 0, max_len
 
     def update(self, layer:int, k:Tensor, v:Tensor) -> tuple[Tensor, Tensor]:

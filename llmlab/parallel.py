@@ -34,6 +34,9 @@ def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
     if cfg.qk_norm and cfg.qk_norm_scope == 'projection':
         raise ValueError("tensor parallelism with QK-norm over the whole projection (OLMoE's) is not implemented: its statistic spans "
                          "every head, so the heads of all ranks would have to meet; use qk_norm_scope='head' or data parallelism/FSDP")
+    if cfg.attention != 'gqa':
+        raise ValueError(f"tensor parallelism of attention={cfg.attention!r} is not implemented (its plan would split the heads' "
+                         "up-projections and keep the latent whole): train it with data parallelism or FSDP")
     if cfg.mlp == 'moe':
         raise ValueError("tensor parallelism of a mixture of experts' layers is not implemented (it shards each expert; expert "
                          "parallelism, which places whole experts, is the usual choice): train it with data parallelism or FSDP")

@@ -64,6 +64,9 @@ SCRIPT = textwrap.dedent('''
             try: apply_tensor_parallel(Llama(cfg.replace(num_attention_heads=3, num_key_value_heads=3, hidden_size=48)), mesh)
             except ValueError as e: assert 'not divisible by the tensor-parallel size 2' in str(e)
             else: raise AssertionError('no error for 3 heads on 2 ranks')
+            try: apply_tensor_parallel(Llama(cfg.replace(attention='mla', kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)), mesh)
+            except ValueError as e: assert "attention='mla' is not implemented" in str(e)
+            else: raise AssertionError('no error for tensor parallelism of MLA')
     for mode in sys.argv[1:]:   # one launch, every mode: a torchrun start costs more than a mode
         check(mode)
         (Path(sys.argv[0]).parent / f'ok-{mode}-{rank}').touch()   # a file per rank: stdout of two ranks interleaves

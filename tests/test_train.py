@@ -267,9 +267,11 @@ def ddp_reference(data, tmp_path_factory):
 
 @processes
 @pytest.mark.slow
-@pytest.mark.parametrize('stage', [1, 2, 3])
+@pytest.mark.parametrize('stage', [1, 3])
 def test_deepspeed_zero_trains_like_ddp(data, ddp_reference, tmp_path, stage):
-    "DeepSpeed ZeRO through Accelerate (2 processes, gloo): the same losses and weights as DDP, accumulation and clipping included."
+    """DeepSpeed ZeRO through Accelerate (2 processes, gloo): the same losses and weights as DDP, accumulation and clipping included.
+    Stages 1 (optimizer states sharded) and 3 (parameters too, gathered for each layer and for the checkpoint); stage 2 lies between
+    them and passes through the same llmlab code (Accelerate's plugin takes the stage number)."""
     pytest.importorskip('deepspeed')
     d, script = data
     launch(script, d, tmp_path / 'zero', 2, 8, 2, 12, 'none', env={'PARALLELISM': 'deepspeed', 'ZERO': str(stage)})
