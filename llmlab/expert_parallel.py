@@ -14,13 +14,21 @@ from torch import Tensor
 from .moe import Experts, experts_impls
 
 # %% auto #0
-__all__ = ['ExpertParallelExperts', 'apply_expert_parallel', 'expert_parallel_state_dict', 'load_expert_parallel_state_dict']
+__all__ = ['ExpertParallelExperts', 'apply_expert_parallel', 'expert_parallel_mesh', 'apply_expert_parallel_fsdp',
+           'expert_parallel_state_dict', 'load_expert_parallel_state_dict']
 
 # %% ../nbs/07c_expert_parallel.ipynb #d7e75ce8
 def _all_to_all(x:Tensor, out_splits:list[int], in_splits:list[int], group) -> Tensor:
     "Rows of `x`, `in_splits[r]` of them to rank `r`, and `out_splits[r]` back from each: differentiable (the backward sends gradients back)."
     from torch.distributed._functional_collectives import all_to_all_single_autograd, wait_tensor
     return wait_tensor(all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group))
+
+class _ScaleGrad(torch.autograd.Function):
+    "The identity, whose gradient is multiplied by `scale`."
+    @staticmethod
+    def forward(ctx, x, scale): ctx.scale = scale; return x.view_as(x)
+    @staticmethod
+    def backward(ctx, g): return g * ctx.scale, None
 
 class ExpertParallelExperts(Experts):
     "This rank's share of a layer's experts; every rank's rows for them arrive, and go back, by all-to-all."
@@ -33,7 +41,9 @@ class ExpertParallelExperts(Experts):
         arrived = _all_to_all(rows, out_splits, in_splits, self.ep_group)         # grouped by sender, then expert
         expert = torch.arange(local, device=rows.device).repeat(ep).repeat_interleave(recv.flatten())
         by_expert = expert.argsort(stable=True)                                      # grouped by expert, then sender
-        out = experts_impls[impl](self.gate_up_proj, self.down_proj, arrived[by_expert], recv.sum(0))
+        # the experts' gradients collect every rank's tokens: a sum over ranks where data parallelism takes a mean
+        gate_up, down = (_ScaleGrad.apply(w, 1 / ep) for w in (self.gate_up_proj, self.down_proj))
+        out = experts_impls[impl](gate_up, down, arrived[by_expert], recv.sum(0))
         return _all_to_all(out[by_expert.argsort()], in_splits, out_splits, self.ep_group)   # back to each token's rank
 
 # %% ../nbs/07c_expert_parallel.ipynb #6237f349
@@ -41,10 +51,8 @@ def _expert_parameters(model:nn.Module) -> list[tuple[str, nn.Module]]:
     "(name prefix, Experts) of every MoE layer (by what they hold: a re-run MoE chapter registers classes of its own)."
     return [(name, m) for name, m in model.named_modules() if hasattr(m, 'expert_rows') and hasattr(m, 'gate_up_proj')]
 
-def apply_expert_parallel(model:nn.Module, group=None) -> nn.Module:
-    """Keep this rank's share of every MoE layer's experts (in place): with `ep` ranks in `group` (all of them by default),
-    rank `r` keeps experts `r·E/ep ... (r+1)·E/ep - 1`. Apply it before wrapping the model in DDP (which then leaves the experts alone)."""
-    group = group or dist.group.WORLD
+def _keep_local_experts(model:nn.Module, group) -> list[tuple[str, nn.Module]]:
+    "Rank `r` of the `ep` ranks in `group` keeps experts `r·E/ep ... (r+1)·E/ep - 1` of every MoE layer (in place)."
     ep, rank = dist.get_world_size(group), dist.get_rank(group)
     experts = _expert_parameters(model)
     if not experts: raise ValueError("expert parallelism needs a mixture of experts: this model has no MoE layer (config.mlp='moe')")
@@ -53,15 +61,39 @@ def apply_expert_parallel(model:nn.Module, group=None) -> nn.Module:
     local = slice(rank * E // ep, (rank + 1) * E // ep)
     for _, m in experts:
         m.gate_up_proj, m.down_proj = (nn.Parameter(p.detach()[local].clone()) for p in (m.gate_up_proj, m.down_proj))
-        for p in (m.gate_up_proj, m.down_proj): p.register_hook(lambda g, ep=ep: g / ep)   # a sum over ranks' tokens -> their mean
         m.__class__, m.ep_group, m.ep_size, m.ep_rank = ExpertParallelExperts, group, ep, rank
+    return experts
+
+def apply_expert_parallel(model:nn.Module, group=None) -> nn.Module:
+    """Keep this rank's share of every MoE layer's experts (in place), over the ranks of `group` (all of them by default).
+    Apply it before wrapping the model in DDP (which then leaves the experts alone)."""
+    experts = _keep_local_experts(model, group or dist.group.WORLD)
     model._ddp_params_and_buffers_to_ignore = [f'{name}.{p}' for name, _ in experts for p in ('gate_up_proj', 'down_proj')]
     return model
 
+# %% ../nbs/07c_expert_parallel.ipynb #b628e31f
+def expert_parallel_mesh(world_size:int, ep:int, device_type:str='cpu'):
+    "An `(efsdp, ep)` device mesh: `ep` ranks share out the experts, the `world_size / ep` ranks holding the same experts shard them."
+    from torch.distributed.device_mesh import init_device_mesh
+    if ep < 1 or world_size % ep:
+        raise ValueError(f"expert-parallel size {ep} does not divide the {world_size} processes; choose ep among the divisors of {world_size}")
+    return init_device_mesh(device_type, (world_size // ep, ep), mesh_dim_names=('efsdp', 'ep'))
+
+def apply_expert_parallel_fsdp(model:nn.Module, mesh, reshard_after_forward:bool=True) -> nn.Module:
+    "Experts split over `mesh['ep']` and sharded by FSDP2 over `mesh['efsdp']`; every other parameter sharded by FSDP2 over all ranks."
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from llmlab.parallel import apply_fsdp
+    world = mesh.size()
+    for _, m in _keep_local_experts(model, mesh['ep'].get_group()):   # each expert's gradient: its ep ranks' tokens, divided by ep,
+        fully_shard(m, mesh=mesh['efsdp'], reshard_after_forward=reshard_after_forward)   # then averaged over the efsdp replicas
+    return apply_fsdp(model, init_device_mesh(mesh.device_type, (world,), mesh_dim_names=('dp',)), reshard_after_forward)
+
 # %% ../nbs/07c_expert_parallel.ipynb #0fcc604a
 def expert_parallel_state_dict(model:nn.Module) -> dict[str, Tensor]:
-    "The state dict of an expert-parallel model with every expert gathered from the ranks (call it on every rank)."
-    sd = dict(model.state_dict())
+    "The state dict of an expert-parallel model with every expert gathered from the ranks, FSDP2's shards too (call it on every rank)."
+    from torch.distributed.tensor import DTensor
+    sd = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
     for name, m in _expert_parameters(model):
         if not isinstance(m, ExpertParallelExperts): continue
         for key in ('gate_up_proj', 'down_proj'):

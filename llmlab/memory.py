@@ -310,31 +310,36 @@ def measure_step(cfg:ModelConfig, batch_size:int, seq_len:int, precision:str='fp
     return int(next(iter(peak.values()))['Total'])
 
 # %% ../nbs/06_memory.ipynb #3c29c12f
-def simulate_sharding(cfg:ModelConfig|None=None, world_size:int=64, tp:int=1, precision:str='bf16-mixed') -> dict:
-    "Shard `cfg` (None: `LLAMA3_70B`; built on the meta device) with llmlab's FSDP2 (and TP) plans over a fake process group of `world_size`."
+def simulate_sharding(cfg:ModelConfig|None=None, world_size:int=64, tp:int=1, precision:str='bf16-mixed', ep:int=1) -> dict:
+    """Shard `cfg` (None: `LLAMA3_70B`; built on the meta device) with llmlab's FSDP2 (and TP, or expert parallelism over `ep` ranks)
+    plans over a fake process group of `world_size`."""
     cfg = cfg or LLAMA3_70B
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
     from torch.testing._internal.distributed.fake_pg import FakeStore
     from llmlab.parallel import apply_fsdp, parallel_mesh, parallelize
+    from llmlab.expert_parallel import apply_expert_parallel_fsdp, expert_parallel_mesh
+    if tp > 1 and ep > 1: raise ValueError("simulate tp or ep, not both: llmlab composes expert parallelism with FSDP2 (and DDP) only")
     if dist.is_initialized(): raise RuntimeError("simulate_sharding needs a process without a process group")
     dist.init_process_group('fake', store=FakeStore(), rank=0, world_size=world_size)
     try:
         with torch.device('meta'): model = Llama(cfg)
-        mesh = parallel_mesh(world_size, tp)
-        parallelize(model, mesh) if tp > 1 else apply_fsdp(model, mesh['dp'])
-        local, problems = 0, []
+        total = sum(p.numel() for p in model.parameters())
+        if ep > 1: apply_expert_parallel_fsdp(model, expert_parallel_mesh(world_size, ep))
+        else: mesh = parallel_mesh(world_size, tp); parallelize(model, mesh) if tp > 1 else apply_fsdp(model, mesh['dp'])
+        local, gathered, problems = 0, 0, []
         for name, p in model.named_parameters():
             if not isinstance(p, DTensor): problems.append(f'{name} is not sharded'); continue
-            # the blocks' projections are split over every rank (TP x FSDP), everything else over the FSDP ranks
-            ways = world_size if tp > 1 and name.startswith('layers.') and name.endswith('proj.weight') else world_size // tp
+            # experts: E/ep of them, over the world/ep ranks that hold them; TP x FSDP: the blocks' projections over every rank
+            expert = ep > 1 and '.experts.' in name
+            ways = world_size // ep if expert else world_size if tp > 1 and name.startswith('layers.') and name.endswith('proj.weight') else world_size // tp
             n = p.to_local().numel()
             if n > p.numel() / ways + p.numel() / p.shape[0]:   # one row of padding at most
                 problems.append(f'{name}: {p.placements} leaves {n} of {p.numel()} elements on a rank, expected 1/{ways}')
-            local += n
+            local, gathered = local + n, gathered + expert * p.numel()
         p_bytes, g_bytes, o_bytes = PRECISIONS[precision]
-        return {'world_size': world_size, 'tp': tp, 'fsdp': world_size // tp, 'parameters_per_rank': local,
+        return {'world_size': world_size, 'tp': tp, 'ep': ep, 'fsdp': world_size // tp, 'parameters_per_rank': local,
                 'parameter_bytes': local * p_bytes, 'gradient_bytes': local * g_bytes, 'optimizer_bytes': local * o_bytes,
-                'total_parameters': sum(p.numel() for p in model.parameters()), 'problems': problems}
+                'total_parameters': total, 'expert_parameters_gathered': gathered, 'problems': problems}
     finally:
         dist.destroy_process_group()

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .attention import attention_backends
-from .model import ModelConfig, RMSNorm, apply_rotary, attention_kinds
+from .model import ModelConfig, RMSNorm, apply_rotary, attention_kinds, yarn_mscale
 
 # %% auto #0
 __all__ = ['deinterleave', 'MultiHeadLatentAttention']
@@ -37,6 +37,8 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, H * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
         self.o_proj = nn.Linear(H * c.v_head_dim, c.hidden_size, bias=c.attention_bias)
+        s = c.rope_scaling or {}   # under YaRN DeepSeek sharpens the softmax by mscale(factor, mscale_all_dim)^2 (None: 1/sqrt(width))
+        self.scale = qk ** -0.5 * yarn_mscale(s['factor'], s['mscale_all_dim']) ** 2 if s.get('mscale_all_dim') else None
 
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache=None) -> Tensor:
         c, (B, T, _), H = self.config, x.shape, self.config.num_attention_heads
@@ -50,7 +52,7 @@ class MultiHeadLatentAttention(nn.Module):
         kv = self.kv_b_proj(latent).view(B, -1, H, c.qk_nope_head_dim + c.v_head_dim).transpose(1, 2)
         k_nope, v = kv.split([c.qk_nope_head_dim, c.v_head_dim], -1)
         q, k = torch.cat([q_nope, q_rot], -1), torch.cat([k_nope, k_rot.expand(-1, H, -1, -1)], -1)
-        y = attention_backends[c.attn_backend](q, k, v, causal=True, mask=mask)   # scaled by 1/sqrt(query-key width), as DeepSeek's
+        y = attention_backends[c.attn_backend](q, k, v, causal=True, mask=mask, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * c.v_head_dim))
 
 # %% ../nbs/02c_mla.ipynb #a0c53739

@@ -22,10 +22,10 @@ from .attention import attention_backends
 
 # %% auto #0
 __all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'attention_kinds', 'ModelConfig', 'small_init', 'normal_init', 'no_hook',
-           'MLP', 'ReLU2MLP', 'RMSNorm', 'rope_frequencies', 'RotaryEmbedding', 'rotate_half', 'apply_rotary',
-           'Attention', 'Block', 'KVCache', 'positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs',
-           'lm_loss', 'perplexity', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'pick_next_tokens',
-           'generate']
+           'MLP', 'ReLU2MLP', 'RMSNorm', 'yarn_mscale', 'rope_attention_factor', 'rope_frequencies', 'RotaryEmbedding',
+           'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache', 'positions_and_mask', 'Llama',
+           'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity', 'apply_repetition_penalty', 'top_k_filter',
+           'top_p_filter', 'pick_next_tokens', 'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
 @dataclass
@@ -227,12 +227,12 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 # %% ../nbs/02_model.ipynb #32a94f17
-rope_scalings = Registry('rope scaling')   # how `rope_scaling` stretches the frequencies: f(inv_freq, rope_scaling dict)
-rope_scalings.register('default', lambda inv_freq, s: inv_freq)
-rope_scalings.register('linear', lambda inv_freq, s: inv_freq / s['factor'])
+rope_scalings = Registry('rope scaling')   # how `rope_scaling` stretches the frequencies: f(inv_freq, rope_scaling dict, config)
+rope_scalings.register('default', lambda inv_freq, s, c: inv_freq)
+rope_scalings.register('linear', lambda inv_freq, s, c: inv_freq / s['factor'])
 
 @rope_scalings.register('llama3')
-def _llama3_scaling(inv_freq:Tensor, s:dict) -> Tensor:
+def _llama3_scaling(inv_freq:Tensor, s:dict, c:ModelConfig) -> Tensor:
     factor, low, high, old_len = s['factor'], s['low_freq_factor'], s['high_freq_factor'], s['original_max_position_embeddings']
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)         # long wavelengths: stretch
@@ -241,19 +241,43 @@ def _llama3_scaling(inv_freq:Tensor, s:dict) -> Tensor:
     in_between = (wavelen >= old_len / high) & (wavelen <= old_len / low)
     return torch.where(in_between, blended, scaled)
 
+@rope_scalings.register('yarn')
+def _yarn_scaling(inv_freq:Tensor, s:dict, c:ModelConfig) -> Tensor:
+    "Frequencies that turn more than `beta_fast` times over the old length kept, those under `beta_slow` divided by `factor`, a ramp between."
+    d, old_len = c.head_dim, s['original_max_position_embeddings']
+    factor = s.get('factor') or c.max_position_embeddings / old_len
+    index = lambda turns: d * math.log(old_len / (turns * 2 * math.pi)) / (2 * math.log(c.rope_theta))   # where a frequency turns so often
+    low, high = index(s.get('beta_fast') or 32), index(s.get('beta_slow') or 1)
+    if s.get('truncate', True): low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    return inv_freq / factor * ramp + inv_freq * (1 - ramp)
+
+def yarn_mscale(factor:float, mscale:float=1.0) -> float:
+    "YaRN's attention temperature for a context `factor` times the trained one."
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+def rope_attention_factor(config:ModelConfig) -> float:
+    "What YaRN multiplies the cosines and sines by (attention sharpened for the longer context); 1 for the other scalings."
+    s = config.rope_scaling or {}
+    if s.get('rope_type', s.get('type')) != 'yarn': return 1.0
+    if s.get('attention_factor') is not None: return s['attention_factor']
+    factor = s.get('factor') or config.max_position_embeddings / s['original_max_position_embeddings']
+    return yarn_mscale(factor, s['mscale']) / yarn_mscale(factor, s['mscale_all_dim']) if s.get('mscale') and s.get('mscale_all_dim') else yarn_mscale(factor)
+
 def rope_frequencies(config:ModelConfig) -> Tensor:
     "The inverse frequencies `(head_dim // 2,)` of the rotary embedding, scaled as `config.rope_scaling` says."
     d = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     s = config.rope_scaling or {}
-    return rope_scalings[s.get('rope_type', s.get('type', 'default'))](inv_freq, s)
+    return rope_scalings[s.get('rope_type', s.get('type', 'default'))](inv_freq, s, config)
 
 # %% ../nbs/02_model.ipynb #ca685187
 class RotaryEmbedding(nn.Module):
     "Cosines and sines of the rotation angles for given positions."
     def __init__(self, config:ModelConfig):
         super().__init__()
-        self.config = config
+        self.config, self.attention_factor = config, rope_attention_factor(config)
         self.register_buffer('inv_freq', rope_frequencies(config), persistent=False)
 
     def reset(self):
@@ -263,6 +287,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, position_ids:Tensor, dtype:torch.dtype) -> tuple[Tensor, Tensor]:
         angles = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)  # (batch, seq, head_dim/2)
         angles = torch.cat([angles, angles], dim=-1)
+        if self.attention_factor != 1: return (angles.cos() * self.attention_factor).to(dtype), (angles.sin() * self.attention_factor).to(dtype)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 def rotate_half(x:Tensor) -> Tensor:

@@ -89,9 +89,11 @@ EXPERT_PARALLEL = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
     from pathlib import Path
     from safetensors.torch import load_file, save_file
+    from torch.distributed.tensor import DTensor
     from torch.nn.parallel import DistributedDataParallel as DDP
     from llmlab.core import assert_close
-    from llmlab.expert_parallel import apply_expert_parallel, expert_parallel_state_dict, load_expert_parallel_state_dict
+    from llmlab.expert_parallel import (apply_expert_parallel, apply_expert_parallel_fsdp, expert_parallel_mesh,
+                                        expert_parallel_state_dict, load_expert_parallel_state_dict)
     from llmlab.model import Llama, ModelConfig
     from llmlab.moe import moe_aux_loss
     dist.init_process_group('gloo'); rank, world = dist.get_rank(), dist.get_world_size()
@@ -100,26 +102,54 @@ EXPERT_PARALLEL = textwrap.dedent('''
     # the z-loss is a mean over tokens (equal shards: its mean over ranks is the whole batch's); Switch's loss is not, so it is off
     cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, mlp='moe',
                       num_experts=8, num_experts_per_tok=2, moe_intermediate_size=24, router_z_loss_coef=1e-3)
-    ref = Llama(cfg); model = Llama(cfg); model.load_state_dict(ref.state_dict())
-    ddp = DDP(apply_expert_parallel(model))                      # the experts split over every rank, the rest data parallel
     local = 8 // world
     ids = torch.randint(0, 64, (8, 10), generator=torch.Generator().manual_seed(1))
     mine = ids[rank * local:(rank + 1) * local]
-    opt, ref_opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2), torch.optim.AdamW(ref.parameters(), lr=1e-2)
     lm = lambda logits, x: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
-    for step in range(3):
-        out = ddp(mine)
-        loss = lm(out, mine) + moe_aux_loss(model)
-        expect = ref(ids)
-        ref_loss = lm(expect, ids) + moe_aux_loss(ref)
-        # this rank's tokens through experts on every rank: observed <= 9e-7 on logits ~1 (EP 2 and 4)
-        assert_close(out, expect[rank * local:(rank + 1) * local], atol=1e-5, what=f'EP {world} logits, step {step}')
-        loss.backward(); ref_loss.backward(); opt.step(); ref_opt.step(); opt.zero_grad(); ref_opt.zero_grad()
-    full = expert_parallel_state_dict(model)
-    for name, q in ref.state_dict().items():
-        # three AdamW steps: where a gradient is near zero Adam can turn last-bit differences into ~lr-sized ones (observed <= 4.7e-7)
-        assert_close(full[name], q, atol=5e-5, what=f'EP {world}: {name} after 3 steps')
+
+    def gathered_gradients(model):
+        "Every parameter's gradient as one process would hold it: FSDP2's shards and the ranks' experts gathered."
+        out = {}
+        for name, p in model.named_parameters():
+            g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+            if '.experts.' in name:
+                m = model.get_submodule(name.rpartition('.')[0]); parts = [torch.empty_like(g) for _ in range(m.ep_size)]
+                dist.all_gather(parts, g.contiguous(), group=m.ep_group); g = torch.cat(parts)
+            out[name] = g
+        return out
+
+    def train_like_one_process(parallelize, what):
+        "3 AdamW steps of this rank's share against one process on the whole batch; every weight (gathered) compared after them."
+        torch.manual_seed(0)
+        ref = Llama(cfg); model = Llama(cfg); model.load_state_dict(ref.state_dict())
+        wrapped = parallelize(model)
+        opt, ref_opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-2), torch.optim.AdamW(ref.parameters(), lr=1e-2)
+        for step in range(3):
+            out = wrapped(mine)
+            loss = lm(out, mine) + moe_aux_loss(model)
+            expect = ref(ids)
+            ref_loss = lm(expect, ids) + moe_aux_loss(ref)
+            # this rank's tokens through experts on every rank: observed <= 9e-7 on logits ~1 (EP 2 and 4, EP 2 x FSDP2 2)
+            assert_close(out, expect[rank * local:(rank + 1) * local], atol=1e-5, what=f'{what} logits, step {step}')
+            loss.backward(); ref_loss.backward()
+            if step == 0:   # the gradients themselves (AdamW's steps would hide a gradient off by a constant factor)
+                for name, g in gathered_gradients(model).items():
+                    # another summation order: observed <= 2.2e-8 (an expert gradient left a sum over ranks fails here)
+                    assert_close(g, ref.get_parameter(name).grad, atol=1e-6, what=f'{what}: gradient of {name}')
+            opt.step(); ref_opt.step(); opt.zero_grad(); ref_opt.zero_grad()
+        full = expert_parallel_state_dict(model)
+        for name, q in ref.state_dict().items():
+            # three AdamW steps: where a gradient is near zero Adam can turn last-bit differences into ~lr-sized ones (observed <= 4.7e-7
+            # with DDP, 5.5e-7 with FSDP2)
+            assert_close(full[name], q, atol=5e-5, what=f'{what}: {name} after 3 steps')
+        return model, full
+
+    model, full = train_like_one_process(lambda m: DDP(apply_expert_parallel(m)), f'EP {world} with DDP')   # experts over every rank
     assert model.layers[0].mlp.experts.gate_up_proj.shape[0] == 8 // world
+    if world == 4:   # EP 2 x FSDP2: experts split in 2, each half sharded over the 2 ranks that hold it; the rest sharded over all 4
+        fsdp, _ = train_like_one_process(lambda m: apply_expert_parallel_fsdp(m, expert_parallel_mesh(world, 2)), 'EP 2 x FSDP2 2')
+        experts = fsdp.layers[0].mlp.experts.gate_up_proj
+        assert experts.to_local().shape[0] == 2 and experts.shape[0] == 4   # 4 of 8 experts on this EP rank, 2 of them here
     if rank == 0: save_file({k: v.contiguous() for k, v in full.items()}, str(here / f'ep{world}.safetensors'))
     if resume_from:                                              # a checkpoint of another expert-parallel size
         saved = load_file(resume_from)
@@ -134,7 +164,8 @@ EXPERT_PARALLEL = textwrap.dedent('''
 
 
 def test_expert_parallel_2_and_4_train_like_one_process_and_reshard_checkpoints(tmp_path):
-    "EP 2 then EP 4 (with DDP for the rest) train like one process; EP 4 and EP 1 resume the EP 2 checkpoint, which has every expert."
+    """EP 2 then EP 4 (with DDP for the rest), and EP 2 x FSDP2 2 on the 4 ranks, train like one process; EP 4 and EP 1 resume the
+    EP 2 checkpoint, which has every expert."""
     script = tmp_path / 'expert_parallel_check.py'
     script.write_text(EXPERT_PARALLEL)
     for world, resume in ((2, []), (4, [str(tmp_path / 'ep2.safetensors')])):
