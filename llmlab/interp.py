@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/interp.html.md"""
 
 # %% ../nbs/11_interp.ipynb #8321523f
 from __future__ import annotations
-import contextlib, copy, functools, json, math, warnings, weakref
+import contextlib, copy, functools, json, warnings, weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import attention_backends, repeat_kv
 from .core import UnknownNameError, _did_you_mean
-from .model import Llama, ModelConfig, apply_rotary, mlp_kinds, positions_and_mask
+from .model import Llama, ModelConfig, attention_kinds, mlp_kinds, no_hook, positions_and_mask
 
 # %% auto #0
 __all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge',
@@ -57,7 +56,7 @@ def _block_kinds(model) -> tuple[tuple[str, str], ...]:
 @functools.lru_cache(maxsize=None)
 def _hook_names(kinds:tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     def per_block(attention, mlp):
-        inside = [f'attn.hook_{n}' for n in _ATTN] if attention == 'gqa' else []   # TransformerLens names grouped-query attention's only
+        inside = [f'attn.{n}' for n in getattr(attention_kinds[attention], 'hook_names', ())]   # MLA has none of TransformerLens's
         return (['hook_resid_pre', 'ln1.hook_scale', 'ln1.hook_normalized'] + inside
                 + ['hook_attn_out', 'hook_resid_mid', 'ln2.hook_scale', 'ln2.hook_normalized']
                 + [f'mlp.{n}' for n in getattr(mlp_kinds[mlp], 'hook_names', ())] + ['hook_mlp_out', 'hook_resid_post'])
@@ -96,6 +95,13 @@ def hooked_forward(model:Llama, input_ids:Tensor, hook:Callable[[str, Tensor], T
         return _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer, start_at_layer or 0, resid, logits_at)
 
 # %% ../nbs/11_interp.ipynb #20788dcc
+def _inner_hook(point, wants, prefix:str, module):
+    "The hook a block's attention or MLP calls at its own hook points (its names under `prefix`); `no_hook` when none is wanted."
+    if not any(wants(prefix + n) for n in getattr(module, 'hook_names', ())): return no_hook
+    def hook(name, t): return point(prefix + name, t)
+    hook.wants_pattern = wants(prefix + 'hook_attn_scores') or wants(prefix + 'hook_pattern')   # the attention computes them explicitly
+    return hook
+
 def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer, first, resid, logits_at):
     def point(name, x): return hook(name, x) if wants(name) else x
     def norm(prefix, mod, x):
@@ -103,9 +109,6 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         scale = point(prefix + 'hook_scale', _rms(x, mod.eps))
         return mod.weight * point(prefix + 'hook_normalized', x.float() / scale).to(x.dtype)
 
-    cfg = model.config
-    B, T = input_ids.shape
-    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     positions, mask = positions_and_mask(input_ids, attention_mask)
     x = point('hook_embed', model.embed_tokens(input_ids)) if resid is None else resid
     cos, sin = model.rotary(positions, x.dtype)
@@ -115,31 +118,10 @@ def _hooked_forward(model, input_ids, hook, wants, attention_mask, stop_at_layer
         p, attn, mlp = f'blocks.{i}.', block.self_attn, block.mlp
         x = point(p + 'hook_resid_pre', x)
         h = norm(p + 'ln1.', block.input_layernorm, x)
-        if cfg.attention != 'gqa':   # another kind (MLA) has no TransformerLens names inside: only its output is a hook point
-            attn_out = point(p + 'hook_attn_out', attn(h, cos, sin, mask))
-        else:
-            q = point(p + 'attn.hook_q', attn.q_proj(h).view(B, T, H, D))
-            k = point(p + 'attn.hook_k', attn.k_proj(h).view(B, T, Hkv, D))
-            v = point(p + 'attn.hook_v', attn.v_proj(h).view(B, T, Hkv, D))
-            if cfg.qk_norm and cfg.qk_norm_scope == 'head': q, k = attn.q_norm(q), attn.k_norm(k)   # each head's channels, before the rotation
-            elif cfg.qk_norm: q, k = attn.q_norm(q.flatten(2)).view_as(q), attn.k_norm(k.flatten(2)).view_as(k)   # the whole projection
-            q = point(p + 'attn.hook_rot_q', apply_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2))
-            k = point(p + 'attn.hook_rot_k', apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2))
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if wants(p + 'attn.hook_attn_scores') or wants(p + 'attn.hook_pattern'):
-                scores = (q @ repeat_kv(k, H // Hkv).transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(D)
-                allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                if mask is not None: allowed = allowed & mask
-                scores = point(p + 'attn.hook_attn_scores', scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
-                pattern = point(p + 'attn.hook_pattern', scores.softmax(-1).masked_fill(~allowed, 0.0))
-                z = pattern.to(v.dtype) @ repeat_kv(v, H // Hkv)
-            else: z = attention_backends[cfg.attn_backend](q, k, v, causal=True, mask=mask)
-            z = point(p + 'attn.hook_z', z.transpose(1, 2))
-            attn_out = point(p + 'hook_attn_out', attn.o_proj(z.reshape(B, T, H * D)))
+        attn_out = point(p + 'hook_attn_out', attn(h, cos, sin, mask, hook=_inner_hook(point, wants, p + 'attn.', attn)))
         x = point(p + 'hook_resid_mid', x + attn_out)
         h = norm(p + 'ln2.', block.post_attention_layernorm, x)
-        hooked = any(wants(f'{p}mlp.{n}') for n in getattr(mlp, 'hook_names', ()))   # the MLP calls its own hook points
-        mlp_out = point(p + 'hook_mlp_out', mlp(h, lambda name, t: point(f'{p}mlp.{name}', t)) if hooked else mlp(h))
+        mlp_out = point(p + 'hook_mlp_out', mlp(h, hook=_inner_hook(point, wants, p + 'mlp.', mlp)))
         x = point(p + 'hook_resid_post', x + mlp_out)
     if stop_at_layer is not None and stop_at_layer >= len(model.layers): return None
     if logits_at is not None: x = x[:, list(logits_at)]

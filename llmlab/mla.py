@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .attention import attention_backends
-from .model import ModelConfig, RMSNorm, apply_rotary, attention_kinds, yarn_mscale
+from .model import ModelConfig, RMSNorm, apply_rotary, attention_kinds, no_hook, yarn_mscale
 
 # %% auto #0
 __all__ = ['deinterleave', 'MultiHeadLatentAttention']
@@ -40,7 +40,8 @@ class MultiHeadLatentAttention(nn.Module):
         s = c.rope_scaling or {}   # under YaRN DeepSeek sharpens the softmax by mscale(factor, mscale_all_dim)^2 (None: 1/sqrt(width))
         self.scale = qk ** -0.5 * yarn_mscale(s['factor'], s['mscale_all_dim']) ** 2 if s.get('mscale_all_dim') else None
 
-    def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache=None) -> Tensor:
+    hook_names = ()   # TransformerLens names none of its tensors (its keys come from a latent): only its output is hooked, by the block
+    def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache=None, hook=no_hook) -> Tensor:
         c, (B, T, _), H = self.config, x.shape, self.config.num_attention_heads
         q = self.q_proj(x) if c.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q_nope, q_rot = q.view(B, T, H, -1).transpose(1, 2).split([c.qk_nope_head_dim, c.qk_rope_head_dim], -1)
@@ -68,4 +69,9 @@ def _parameter_counts(c:ModelConfig) -> dict:
     projections = queries + h * down + b * down + c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim) + H * c.v_head_dim * h + b * h
     return {'projections': projections, 'norms': (r or 0) + c.kv_lora_rank}
 
-MultiHeadLatentAttention.cache_shapes, MultiHeadLatentAttention.parameter_counts = staticmethod(_cache_shapes), staticmethod(_parameter_counts)
+def _tp_plan(c:ModelConfig):
+    raise ValueError("tensor parallelism of attention='mla' is not implemented (its plan would split the heads' up-projections and keep "
+                     "the latent whole): train it with data parallelism or FSDP")
+
+for name, f in (('cache_shapes', _cache_shapes), ('parameter_counts', _parameter_counts), ('tp_plan', _tp_plan)):
+    setattr(MultiHeadLatentAttention, name, staticmethod(f))

@@ -18,7 +18,7 @@ from torch import Tensor
 from fastcore.basics import patch
 
 from .core import Config, ConfigError, Registry
-from .attention import attention_backends
+from .attention import attention_backends, repeat_kv
 
 # %% auto #0
 __all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'attention_kinds', 'ModelConfig', 'small_init', 'normal_init', 'no_hook',
@@ -172,14 +172,14 @@ def normal_init(model:nn.Module):
     _normal_weights(model, model.config.initializer_range)
 
 # %% ../nbs/02_model.ipynb #6dc65f1a
-mlp_kinds = Registry('mlp kind')   # `ModelConfig.mlp` -> the feed-forward module; `gated`: it has a gate_proj (TP plans, FLOPs)
+mlp_kinds = Registry('mlp kind')   # `ModelConfig.mlp` -> the feed-forward module (its hook points, parameter counts and TP plan)
 
 def no_hook(name:str, x:Tensor) -> Tensor: return x   # a feed-forward's hook points pass through unless llmlab.interp hooks them
 
 @mlp_kinds.register('swiglu')
 class MLP(nn.Module):
     "SwiGLU, `down(silu(gate(x)) * up(x))`: LLaMA's MLP."
-    gated = True
+    tp_plan = staticmethod(lambda config: {'gate_proj': 'colwise', 'up_proj': 'colwise', 'down_proj': 'rowwise'})   # Megatron's split
     def __init__(self, config:ModelConfig, intermediate_size:int|None=None):
         super().__init__()
         h, i, bias = config.hidden_size, intermediate_size or config.intermediate_size, config.mlp_bias
@@ -198,7 +198,7 @@ class MLP(nn.Module):
 @mlp_kinds.register('relu2')
 class ReLU2MLP(nn.Module):
     "`down(relu(up(x))^2)`, no gate: a wider MLP for the same parameters (modded-nanogpt's)."
-    gated = False
+    tp_plan = staticmethod(lambda config: {'up_proj': 'colwise', 'down_proj': 'rowwise'})
     def __init__(self, config:ModelConfig):
         super().__init__()
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
@@ -326,27 +326,52 @@ class Attention(nn.Module):
         return (c.num_key_value_heads, c.head_dim), (c.num_key_value_heads, c.head_dim)
 
     @staticmethod
+    def tp_plan(c:ModelConfig) -> dict:
+        "Megatron's split by heads (`llmlab.parallel`); QK-norm's gains stay whole, on inputs split by head (torchtitan's Qwen3)."
+        if c.qk_norm and c.qk_norm_scope == 'projection':
+            raise ValueError("tensor parallelism with QK-norm over the whole projection (OLMoE's) is not implemented: its statistic spans "
+                             "every head, so the heads of all ranks would have to meet; use qk_norm_scope='head' or data parallelism/FSDP")
+        return {'q_proj': 'colwise', 'k_proj': 'colwise', 'v_proj': 'colwise', 'o_proj': 'rowwise',
+                **({'q_norm': 'sequence', 'k_norm': 'sequence'} if c.qk_norm else {})}
+
+    @staticmethod
     def parameter_counts(c:ModelConfig) -> dict:
         "Parameters of the projections (split by tensor parallelism) and of the QK-norms (replicated)."
         h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
         projections = 2 * h * q + 2 * h * kv + (q + 2 * kv if c.attention_bias or c.qkv_bias else 0) + (h if c.attention_bias else 0)
         return {'projections': projections, 'norms': ((2 * c.head_dim if c.qk_norm_scope == 'head' else q + kv) if c.qk_norm else 0)}
 
-    def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache:KVCache|None=None) -> Tensor:
+    hook_names = ('hook_q', 'hook_k', 'hook_v', 'hook_rot_q', 'hook_rot_k', 'hook_attn_scores', 'hook_pattern', 'hook_z')   # TransformerLens's
+    def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache:KVCache|None=None, hook=no_hook) -> Tensor:
         B, T, _ = x.shape
-        q, k = self.q_proj(x), self.k_proj(x)
-        if self.config.qk_norm and self.config.qk_norm_scope == 'projection': q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = hook('hook_q', self.q_proj(x).view(B, T, self.n_heads, self.head_dim))            # hook points see (batch, pos, head, d)
+        k = hook('hook_k', self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim))
+        v = hook('hook_v', self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        if self.config.qk_norm and self.config.qk_norm_scope == 'projection':
+            q, k = self.q_norm(q.flatten(2)).view_as(q), self.k_norm(k.flatten(2)).view_as(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         if self.config.qk_norm and self.config.qk_norm_scope == 'head': q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        if hook is not no_hook: q, k = (hook(f'hook_rot_{n}', t.transpose(1, 2)).transpose(1, 2) for n, t in (('q', q), ('k', k)))
         if cache is not None: k, v = cache.update(self.layer_idx, k, v)
-        y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        if getattr(hook, 'wants_pattern', False): y = self.attend_explicitly(q, k, v, mask, hook)
+        else: y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
+        return self.o_proj(hook('hook_z', y.transpose(1, 2)).reshape(B, T, self.n_heads * self.head_dim))
 
 attention_kinds.register_lazy('mla', 'llmlab.mla')   # DeepSeek's multi-head latent attention: its own chapter
 
+
+# %% ../nbs/02_model.ipynb #62d42a36
+@patch
+def attend_explicitly(self:Attention, q:Tensor, k:Tensor, v:Tensor, mask:Tensor|None, hook) -> Tensor:
+    "Attention with its scores and pattern as tensors (hook points), for interpretability: what the backends compute unseen."
+    groups, T, S = self.n_heads // self.n_kv_heads, q.shape[2], k.shape[2]
+    scores = (q @ repeat_kv(k, groups).transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(self.head_dim)
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None: allowed = allowed & mask
+    scores = hook('hook_attn_scores', scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
+    pattern = hook('hook_pattern', scores.softmax(-1).masked_fill(~allowed, 0.0))
+    return pattern.to(v.dtype) @ repeat_kv(v, groups)
 
 # %% ../nbs/02_model.ipynb #e523f6ec
 class Block(nn.Module):

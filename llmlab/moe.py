@@ -126,7 +126,6 @@ class Routing:
 @mlp_kinds.register('moe', overwrite=True)   # overwrite: re-running the cell (or the chapter) is harmless
 class SparseMoE(nn.Module):
     "Routed experts (and optionally a shared one) in place of a block's MLP: `mlp='moe'`."
-    gated = True
     scoring_funcs, experts_impls = scoring_funcs, experts_impls   # the registries its config names (ModelConfig checks them)
     def __init__(self, config:ModelConfig):
         super().__init__()
@@ -141,6 +140,11 @@ class SparseMoE(nn.Module):
 
     def output_weights(self) -> list:
         return [self.experts.down_proj] + ([self.shared_expert.down_proj.weight] if hasattr(self, 'shared_expert') else [])
+
+    @staticmethod
+    def tp_plan(c:ModelConfig):
+        raise ValueError("tensor parallelism of a mixture of experts' layers is not implemented (it shards each expert; expert "
+                         "parallelism, which places whole experts, is the usual choice): train it with data parallelism, FSDP or llmlab.expert_parallel")
 
     @staticmethod
     def parameter_counts(c:ModelConfig) -> tuple[int, int]:

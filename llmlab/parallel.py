@@ -10,41 +10,36 @@ import torch
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from .model import Llama, mlp_kinds
+from .model import Llama, ModelConfig, attention_kinds, mlp_kinds
 
 # %% auto #0
 __all__ = ['tensor_parallel_plan', 'apply_tensor_parallel', 'apply_fsdp', 'parallel_mesh', 'parallelize', 'data_parallel_rank',
            'clip_grad_norm', 'LlamaStage', 'pipeline_stage', 'pipeline_schedule']
 
 # %% ../nbs/07_parallel.ipynb #cebc38bf
-def tensor_parallel_plan(gated_mlp:bool=True, qk_norm:bool=False) -> dict:
-    """The DTensor plan of one llmlab block, by submodule name (a `relu2` MLP has no gate). QK-norm's gains are whole on every
-    rank while its inputs are split by head (dim 1 of `(batch, heads, seq, head_dim)`): as torchtitan does for Qwen3, they are
-    replicated DTensors, so their gradients are summed over the heads of all ranks."""
+def tensor_parallel_plan(config:ModelConfig) -> dict:
+    """The DTensor plan of one block of `config`, by submodule name: what its attention and feed-forward kinds declare (`tp_plan`).
+    QK-norm's gains are whole on every rank while its inputs are split by head (dim 1 of `(batch, heads, seq, head_dim)`): as
+    torchtitan does for Qwen3, they are replicated DTensors, so their gradients are summed over the heads of all ranks."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
-    return {'self_attn.q_proj': ColwiseParallel(), 'self_attn.k_proj': ColwiseParallel(), 'self_attn.v_proj': ColwiseParallel(),
-            'self_attn.o_proj': RowwiseParallel(), **({'mlp.gate_proj': ColwiseParallel()} if gated_mlp else {}),
-            'mlp.up_proj': ColwiseParallel(), 'mlp.down_proj': RowwiseParallel(),
-            **({k: SequenceParallel(sequence_dim=1, use_local_output=True) for k in ('self_attn.q_norm', 'self_attn.k_norm')} if qk_norm else {})}
+    styles = {'colwise': ColwiseParallel, 'rowwise': RowwiseParallel, 'sequence': lambda: SequenceParallel(sequence_dim=1, use_local_output=True)}
+    plan = {}
+    for part, kind in (('self_attn', attention_kinds[config.attention]), ('mlp', mlp_kinds[config.mlp])):
+        if not hasattr(kind, 'tp_plan'):
+            raise ValueError(f"{kind.__name__} declares no tensor-parallel plan (tp_plan): train it with data parallelism or FSDP")
+        plan.update({f'{part}.{name}': styles[style]() for name, style in kind.tp_plan(config).items()})
+    return plan
 
 def apply_tensor_parallel(model:Llama, mesh:DeviceMesh) -> Llama:
     "Shard every block of `model` over the 1-d `mesh` (in place); heads and the MLP width must divide by its size."
     from torch.distributed.tensor.parallel import parallelize_module
     tp, cfg = mesh.size(), model.config
-    if cfg.qk_norm and cfg.qk_norm_scope == 'projection':
-        raise ValueError("tensor parallelism with QK-norm over the whole projection (OLMoE's) is not implemented: its statistic spans "
-                         "every head, so the heads of all ranks would have to meet; use qk_norm_scope='head' or data parallelism/FSDP")
-    if cfg.attention != 'gqa':
-        raise ValueError(f"tensor parallelism of attention={cfg.attention!r} is not implemented (its plan would split the heads' "
-                         "up-projections and keep the latent whole): train it with data parallelism or FSDP")
-    if cfg.mlp == 'moe':
-        raise ValueError("tensor parallelism of a mixture of experts' layers is not implemented (it shards each expert; expert "
-                         "parallelism, which places whole experts, is the usual choice): train it with data parallelism or FSDP")
+    tensor_parallel_plan(cfg)   # refuses the kinds that have none, with their reason, before anything is sharded
     for name, n in (('num_attention_heads', cfg.num_attention_heads), ('num_key_value_heads', cfg.num_key_value_heads),
                     ('intermediate_size', cfg.intermediate_size)):
         if n % tp: raise ValueError(f"{name}={n} is not divisible by the tensor-parallel size {tp}; choose a size that divides it")
     for block in model.layers:
-        parallelize_module(block, mesh, tensor_parallel_plan(gated_mlp=mlp_kinds[cfg.mlp].gated, qk_norm=cfg.qk_norm))
+        parallelize_module(block, mesh, tensor_parallel_plan(cfg))
         block.self_attn.n_heads, block.self_attn.n_kv_heads = cfg.num_attention_heads // tp, cfg.num_key_value_heads // tp
     return model
 
