@@ -15,7 +15,8 @@ from .moe import Experts, experts_impls
 
 # %% auto #0
 __all__ = ['ExpertParallelExperts', 'apply_expert_parallel', 'expert_parallel_mesh', 'apply_expert_parallel_fsdp',
-           'expert_parallel_state_dict', 'load_expert_parallel_state_dict']
+           'expert_parallel_state_dict', 'load_expert_parallel_state_dict', 'clip_expert_parallel_grad_norm',
+           'experts_as_shards']
 
 # %% ../nbs/07c_expert_parallel.ipynb #d7e75ce8
 def _all_to_all(x:Tensor, out_splits:list[int], in_splits:list[int], group) -> Tensor:
@@ -115,3 +116,36 @@ def load_expert_parallel_state_dict(model:nn.Module, state_dict:dict[str, Tensor
                                  f"or one saved with one rank's experts only (save with expert_parallel_state_dict)")
             sd[f'{name}.{key}'] = full[m.ep_rank * local:(m.ep_rank + 1) * local]
     model.load_state_dict(sd)
+
+# %% ../nbs/07c_expert_parallel.ipynb #9086abe7
+def _own_experts(model:nn.Module) -> list[tuple[str, nn.Module]]:
+    inner = getattr(model, 'module', model)   # under DDP: the model's own names
+    return [(n, m) for n, m in _expert_parameters(inner) if isinstance(m, ExpertParallelExperts)]
+
+def clip_expert_parallel_grad_norm(model:nn.Module, max_norm:float|None) -> Tensor:
+    "Clip every gradient by the whole model's norm (each rank's experts' squares summed across the ranks); the norm before clipping."
+    experts = _own_experts(model)
+    own = {id(p) for _, m in experts for p in (m.gate_up_proj, m.down_proj)}
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    squares = lambda gs: sum((g.detach().float().square().sum() for g in gs), torch.zeros((), device=grads[0].device))
+    local = squares([p.grad for p in model.parameters() if p.grad is not None and id(p) in own])
+    if experts: dist.all_reduce(local, group=experts[0][1].ep_group)
+    norm = (squares([p.grad for p in model.parameters() if p.grad is not None and id(p) not in own]) + local).sqrt()
+    if max_norm: torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))   # as torch.nn.utils.clip_grad_norm_
+    return norm
+
+def experts_as_shards(model:nn.Module, model_sd:dict, optim_sd:dict|None=None, to_local:bool=False):
+    """In `get_state_dict`'s state dicts of an expert-parallel model, each rank's experts and their optimizer moments as its shard of
+    the whole (a DTensor over the expert-parallel ranks), so that DCP saves every expert and reshards them; `to_local`: back. In place."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
+    for name, m in _own_experts(model):
+        mesh = DeviceMesh.from_group(m.ep_group, m.gate_up_proj.device.type)
+        for key in (f'{name}.gate_up_proj', f'{name}.down_proj'):
+            local_shape = getattr(m, key.rpartition('.')[2]).shape
+            convert = ((lambda t: t.to_local() if isinstance(t, DTensor) else t) if to_local else
+                       (lambda t: DTensor.from_local(t, mesh, [Shard(0)], run_check=False) if isinstance(t, Tensor) and t.shape == local_shape else t))
+            model_sd[key] = convert(model_sd[key])
+            if optim_sd is not None and key in optim_sd.get('state', {}):
+                optim_sd['state'][key] = {k: convert(v) for k, v in optim_sd['state'][key].items()}   # moments; 'step' stays whole
+    return model_sd, optim_sd

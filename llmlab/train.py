@@ -28,11 +28,11 @@ from .moe import moe_aux_loss, moe_step_metrics
 
 # %% auto #0
 __all__ = ['TRACKERS', 'optimizers', 'schedules', 'parallelisms', 'TRAIN_SECTIONS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS',
-           'TrainConfig', 'lr_multiplier', 'DataParallel', 'FullyShardedParallel', 'DeepSpeedParallel', 'TrainerState',
-           'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers', 'flops_per_token', 'MetricsLogger',
-           'check_run_folder', 'build_optimizer', 'prepare_model', 'NonFiniteLossError', 'Trainer', 'read_metrics',
-           'plot_metrics', 'DataConfig', 'ConfiguredRun', 'build_from_config', 'fit_configured', 'train_from_config',
-           'add_lora']
+           'TrainConfig', 'lr_multiplier', 'DataParallel', 'FullyShardedParallel', 'DeepSpeedParallel',
+           'ExpertParallel', 'TrainerState', 'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers',
+           'flops_per_token', 'MetricsLogger', 'check_run_folder', 'build_optimizer', 'prepare_model',
+           'NonFiniteLossError', 'Trainer', 'read_metrics', 'plot_metrics', 'DataConfig', 'ConfiguredRun',
+           'build_from_config', 'fit_configured', 'train_from_config', 'add_lora']
 
 # %% ../nbs/08_train.ipynb #be2a84dc
 TRACKERS = {'tensorboard': 'tensorboard', 'mlflow': 'mlflow', 'wandb': 'wandb'}   # Accelerate's tracker name -> the package it needs
@@ -133,7 +133,7 @@ class TrainConfig(Config):
     compile: bool = False                    # torch.compile the model
     trackers: list[str] = field(default_factory=lambda: ['tensorboard'])   # Accelerate trackers: tensorboard, mlflow, wandb ([] for none)
     peak_tflops: Optional[float] = None      # the hardware's peak per process, for MFU (e.g. 989 for an H100 in bf16)
-    parallelism: str = 'ddp'                 # in `parallelisms`: ddp, fsdp, deepspeed (one process: no sharing)
+    parallelism: str = 'ddp'                 # in `parallelisms`: ddp, fsdp, deepspeed, ep (a MoE's experts split; one process: no sharing)
     tp_size: int = 1                         # tensor-parallel degree; with parallelism='fsdp' the mesh is (processes / tp_size, tp_size)
     zero_stage: Literal[1, 2, 3] = 3         # DeepSpeed's ZeRO stage (parallelism='deepspeed')
     kernels: list[str] = field(default_factory=list)   # Triton kernels by name: attention, rmsnorm, rope, swiglu, linear_cross_entropy
@@ -198,6 +198,8 @@ class DataParallel:
         if self.config.tp_size > 1:
             raise ConfigError(f"tp_size={self.config.tp_size} needs a multiple of {self.config.tp_size} processes; this run has {acc.num_processes}")
         return None
+
+    def shard(self, acc, model): return model   # what a strategy does to the model before the optimizer sees it (ExpertParallel)
 
     def wrap(self, acc, model, optimizer, micro:int, accum:int): return acc.prepare(model, optimizer)
 
@@ -265,21 +267,25 @@ class FullyShardedParallel(DataParallel):
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 # DCP writes each rank's shards and can load them into any other sharding; the extras and each rank's RNG go beside
-def _save_dcp(acc, folder:Path, model, optimizer, extras:dict):
+def _save_dcp(acc, folder:Path, model, optimizer, extras:dict, as_shards=None):
+    "`as_shards(model, model_sd, optim_sd)`: the state dicts' per-rank tensors as DTensor shards of the whole (expert parallelism)."
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    if as_shards: as_shards(model, model_sd, optim_sd)
     dcp.save({'model': model_sd, 'optim': optim_sd}, checkpoint_id=str(folder / 'dcp'))
     if acc.is_main_process: torch.save({k: v.state_dict() for k, v in extras.items()}, folder / 'trainer_state.pt')
     rng = {'cpu': torch.get_rng_state(), **({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
     torch.save(rng, folder / f'rng_state_{acc.process_index}.pt')
 
-def _load_dcp(acc, folder:Path, model, optimizer, extras:dict):
+def _load_dcp(acc, folder:Path, model, optimizer, extras:dict, as_shards=None):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    if as_shards: as_shards(model, model_sd, optim_sd)
     state = {'model': model_sd, 'optim': optim_sd}
     dcp.load(state, checkpoint_id=str(folder / 'dcp'))
+    if as_shards: as_shards(model, state['model'], state['optim'], to_local=True)
     set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optim'])
     saved = torch.load(folder / 'trainer_state.pt', weights_only=True)
     for k, v in extras.items(): v.load_state_dict(saved[k])
@@ -325,7 +331,36 @@ class DeepSpeedParallel(DataParallel):
     # gloo's thread and aborts the process (about 1 run in 10 on CPU) after the run itself has finished: the run closes at exit
     close_at_exit = True
 
-parallelisms.register('ddp', DataParallel); parallelisms.register('fsdp', FullyShardedParallel); parallelisms.register('deepspeed', DeepSpeedParallel)
+# %% ../nbs/08_train.ipynb #c82580a3
+class ExpertParallel(DataParallel):
+    """`parallelism='ep'`: each MoE layer's experts split over the processes (`llmlab.expert_parallel`), DDP for the rest; clipping
+    by the whole model's norm; checkpoints through DCP with the experts as shards of the whole, so a run resumes on any number of processes."""
+    sharded = True
+    def shard(self, acc, model):
+        if acc.num_processes == 1: return model   # one process: every expert stays
+        from llmlab.expert_parallel import apply_expert_parallel
+        return apply_expert_parallel(model)
+
+    def clip(self, acc, model, max_norm:float|None):
+        from llmlab.expert_parallel import clip_expert_parallel_grad_norm
+        return clip_expert_parallel_grad_norm(model, max_norm)
+
+    def save(self, acc, folder:Path, model, optimizer, extras:dict):
+        from llmlab.expert_parallel import experts_as_shards
+        _save_dcp(acc, folder, model, optimizer, extras, as_shards=experts_as_shards)
+
+    def load(self, acc, folder:Path, model, optimizer, extras:dict):
+        from llmlab.expert_parallel import experts_as_shards
+        if not (folder / 'dcp').is_dir():
+            raise CheckpointError(f"{folder} was not written with parallelism='ep' or 'fsdp' (no dcp/ folder): resume it with the parallelism it was saved with")
+        _load_dcp(acc, folder, model, optimizer, extras, as_shards=experts_as_shards)
+
+    def full_state_dict(self, acc, model) -> dict:
+        from llmlab.expert_parallel import expert_parallel_state_dict
+        return {k: v.detach().cpu() for k, v in expert_parallel_state_dict(getattr(model, 'module', model)).items()}
+
+parallelisms.register('ddp', DataParallel); parallelisms.register('fsdp', FullyShardedParallel)
+parallelisms.register('deepspeed', DeepSpeedParallel); parallelisms.register('ep', ExpertParallel)
 
 # %% ../nbs/08_train.ipynb #51c99ea5
 class TrainerState:
@@ -569,6 +604,7 @@ class Trainer:
         self.loss_fn = _loss_for(c, acc, loss_fn)
         fpt = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])   # before sharding
         prepare_model(model, c, self.mesh, acc.device)
+        self.parallelism.shard(acc, model)
         opt = build_optimizer(model, c)
         # the schedule counts optimizer steps; Accelerate's prepared scheduler would step once per process
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, c))
