@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .attention import attention_backends
-from .model import ModelConfig, RMSNorm, apply_rotary, attention_kinds, no_hook, yarn_mscale
+from .model import ModelConfig, RMSNorm, apply_rotary, attention_kinds, no_hook, yarn_factor, yarn_mscale
 
 # %% auto #0
 __all__ = ['deinterleave', 'MultiHeadLatentAttention']
@@ -38,7 +38,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, H * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
         self.o_proj = nn.Linear(H * c.v_head_dim, c.hidden_size, bias=c.attention_bias)
         s = c.rope_scaling or {}   # under YaRN DeepSeek sharpens the softmax by mscale(factor, mscale_all_dim)^2 (None: 1/sqrt(width))
-        self.scale = qk ** -0.5 * yarn_mscale(s['factor'], s['mscale_all_dim']) ** 2 if s.get('mscale_all_dim') else None
+        self.scale = qk ** -0.5 * yarn_mscale(yarn_factor(c), s['mscale_all_dim']) ** 2 if s.get('mscale_all_dim') else None
 
     hook_names = ()   # TransformerLens names none of its tensors (its keys come from a latent): only its output is hooked, by the block
     def forward(self, x:Tensor, cos:Tensor, sin:Tensor, mask:Tensor|None=None, cache=None, hook=no_hook) -> Tensor:

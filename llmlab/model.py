@@ -22,10 +22,10 @@ from .attention import attention_backends, repeat_kv
 
 # %% auto #0
 __all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'attention_kinds', 'ModelConfig', 'small_init', 'normal_init', 'no_hook',
-           'MLP', 'ReLU2MLP', 'RMSNorm', 'yarn_mscale', 'rope_attention_factor', 'rope_frequencies', 'RotaryEmbedding',
-           'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache', 'positions_and_mask', 'Llama',
-           'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity', 'apply_repetition_penalty', 'top_k_filter',
-           'top_p_filter', 'pick_next_tokens', 'generate']
+           'MLP', 'ReLU2MLP', 'RMSNorm', 'yarn_factor', 'yarn_mscale', 'rope_attention_factor', 'rope_frequencies',
+           'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache', 'positions_and_mask',
+           'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity', 'apply_repetition_penalty',
+           'top_k_filter', 'top_p_filter', 'pick_next_tokens', 'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
 @dataclass
@@ -244,14 +244,18 @@ def _llama3_scaling(inv_freq:Tensor, s:dict, c:ModelConfig) -> Tensor:
 @rope_scalings.register('yarn')
 def _yarn_scaling(inv_freq:Tensor, s:dict, c:ModelConfig) -> Tensor:
     "Frequencies that turn more than `beta_fast` times over the old length kept, those under `beta_slow` divided by `factor`, a ramp between."
-    d, old_len = c.head_dim, s['original_max_position_embeddings']
-    factor = s.get('factor') or c.max_position_embeddings / old_len
+    d, old_len, factor = c.head_dim, s['original_max_position_embeddings'], yarn_factor(c)
     index = lambda turns: d * math.log(old_len / (turns * 2 * math.pi)) / (2 * math.log(c.rope_theta))   # where a frequency turns so often
     low, high = index(s.get('beta_fast') or 32), index(s.get('beta_slow') or 1)
     if s.get('truncate', True): low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, d - 1)
     ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)
     return inv_freq / factor * ramp + inv_freq * (1 - ramp)
+
+def yarn_factor(config:ModelConfig) -> float:
+    "How many times the trained context YaRN stretches to: `factor`, else the ratio of the context lengths (DeepSeek's files)."
+    s = config.rope_scaling
+    return s.get('factor') or config.max_position_embeddings / s['original_max_position_embeddings']
 
 def yarn_mscale(factor:float, mscale:float=1.0) -> float:
     "YaRN's attention temperature for a context `factor` times the trained one."
@@ -262,7 +266,7 @@ def rope_attention_factor(config:ModelConfig) -> float:
     s = config.rope_scaling or {}
     if s.get('rope_type', s.get('type')) != 'yarn': return 1.0
     if s.get('attention_factor') is not None: return s['attention_factor']
-    factor = s.get('factor') or config.max_position_embeddings / s['original_max_position_embeddings']
+    factor = yarn_factor(config)
     return yarn_mscale(factor, s['mscale']) / yarn_mscale(factor, s['mscale_all_dim']) if s.get('mscale') and s.get('mscale_all_dim') else yarn_mscale(factor)
 
 def rope_frequencies(config:ModelConfig) -> Tensor:
