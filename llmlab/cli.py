@@ -339,6 +339,27 @@ def _plan_arguments(pl):
 
 commands.register('plan', Command('memory per GPU and step time of a training layout (no GPU needed)', _plan_arguments, _plan_cmd))
 
+# %% ../nbs/13_cli.ipynb #539f204b
+def _serve_cmd(a):
+    from llmlab.serve import serve   # the server's chapter comes after this one's; its packages load only when serving
+    serve(a.model, host=a.host, port=a.port, api_key=a.api_key or os.environ.get('LLMLAB_API_KEY'), served_model_name=a.served_model_name,
+          dtype=a.dtype, device=a.device, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
+          max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_bytes=int(a.kv_cache_gib * 2**30), max_waiting=a.max_waiting)
+
+def _serve_arguments(s):
+    s.add_argument('model', help='a known name, a Hugging Face directory or a .gguf file')
+    s.add_argument('--host', default='127.0.0.1'); s.add_argument('--port', type=Span(int, 0, 65535), default=8000)
+    s.add_argument('--api-key', default=None, help='require "Authorization: Bearer KEY" (default: $LLMLAB_API_KEY when set)')
+    s.add_argument('--served-model-name', default=None, help='the name clients ask for (default: MODEL as given)')
+    s.add_argument('--max-model-len', type=Span(int, 1, 10**7), default=None, help="context length (default: the model's)")
+    s.add_argument('--max-num-seqs', type=Span(int, 1, 4096), default=32, help='requests in the running batch at most')
+    s.add_argument('--max-num-batched-tokens', type=Span(int, 1, 10**6), default=512, help='tokens computed per step at most')
+    s.add_argument('--kv-cache-gib', type=Span(float, 0, 4096, open_lo=True), default=1.0, help='memory for the KV cache')
+    s.add_argument('--max-waiting', type=Span(int, 0, 10**6), default=256, help='queued requests before answering 429')
+    s.add_argument('--device', default='auto'); s.add_argument('--dtype', default='float32')
+
+commands.register('serve', Command('serve a model over HTTP with an OpenAI-compatible API', _serve_arguments, _serve_cmd))
+
 # %% ../nbs/13_cli.ipynb #1a02b06c
 def build_parser() -> argparse.ArgumentParser:
     p = CommandLineParser(prog='llmlab', description='llmlab: train, evaluate and inspect LLMs.')
