@@ -15,7 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .core import CheckpointError, Registry, UnknownNameError, get_dtype, get_device, dtype_name
-from .model import Llama, ModelConfig, generate
+from .engine import cut_at_stop, generate, render_chat
+from .model import Llama, ModelConfig
 from .moe import MOE_FIELDS
 
 # %% auto #0
@@ -438,8 +439,7 @@ def generate_text(model:Llama, tokenizer, prompt:str|list, max_new_tokens:int=64
     "Reply to `prompt`: a string, a chat (list of {'role', 'content'} dicts) or a list of either."
     single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict))
     prompts = [prompt] if single else list(prompt)
-    texts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    texts = [p if isinstance(p, str) else render_chat(tokenizer, p) for p in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, 'left'
     try: enc = tokenizer(texts, return_tensors='pt', padding=True, add_special_tokens=False)
     finally: tokenizer.padding_side = side
@@ -447,5 +447,5 @@ def generate_text(model:Llama, tokenizer, prompt:str|list, max_new_tokens:int=64
     out = generate(model, enc.input_ids.to(device), enc.attention_mask.to(device), max_new_tokens=max_new_tokens,
                    tokenizer=tokenizer, **kwargs)
     replies = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    for s in kwargs.get('stop_strings') or []: replies = [r.split(s)[0] for r in replies]
+    replies = [cut_at_stop(r, kwargs.get('stop_strings') or [])[0] for r in replies]
     return replies[0] if single else replies

@@ -344,7 +344,8 @@ def _serve_cmd(a):
     from llmlab.serve import serve   # the server's chapter comes after this one's; its packages load only when serving
     serve(a.model, host=a.host, port=a.port, api_key=a.api_key or os.environ.get('LLMLAB_API_KEY'), served_model_name=a.served_model_name,
           dtype=a.dtype, device=a.device, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
-          max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_bytes=int(a.kv_cache_gib * 2**30), max_waiting=a.max_waiting)
+          max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_bytes=int(a.kv_cache_gib * 2**30), max_waiting=a.max_waiting,
+          log_level=a.log_level)
 
 def _serve_arguments(s):
     s.add_argument('model', help='a known name, a Hugging Face directory or a .gguf file')
@@ -357,6 +358,7 @@ def _serve_arguments(s):
     s.add_argument('--kv-cache-gib', type=Span(float, 0, 4096, open_lo=True), default=1.0, help='memory for the KV cache')
     s.add_argument('--max-waiting', type=Span(int, 0, 10**6), default=256, help='queued requests before answering 429')
     s.add_argument('--device', default='auto'); s.add_argument('--dtype', default='float32')
+    s.add_argument('--log-level', default='info', choices=['critical', 'error', 'warning', 'info', 'debug'])
 
 commands.register('serve', Command('serve a model over HTTP with an OpenAI-compatible API', _serve_arguments, _serve_cmd))
 

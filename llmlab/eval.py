@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from .core import Config, ConfigError, Registry, RunFolder, write_json_atomic
 from fastcore.basics import patch
 
-from .model import Llama, generate, token_logprobs
+from .engine import LLMEngine, cut_at_stop, sampling_params_from_hf
+from .model import Llama, token_logprobs
 from .sandbox import run_sandboxed
 from .stats import bootstrap_stderr, clt_stderr, clustered_stderr, compare
 from . import metrics as M
@@ -195,20 +196,19 @@ def loglikelihood_rolling(self:EvalModel, texts:Sequence[str]) -> list[tuple[flo
 # %% ../nbs/10_eval.ipynb #563da6d3
 @patch
 @torch.no_grad()
-def _generate_batch(self:EvalModel, prompts:list[list[int]], P:int, kw:dict) -> list[list[int]]:
-    "Greedy (or sampled) new tokens for prompts whose first `P` tokens are the same (P=0: nothing shared)."
-    max_new = kw.pop('max_new_tokens')
+def _generate_batch(self:EvalModel, prompts:list[list[int]], P:int, kw:dict) -> list[str]:
+    """Continuations of prompts whose first `P` tokens are the same, as text cut at the first stop string: an llmlab model through
+    the engine (which finds the shared prefix's blocks itself), a Hugging Face model through its own `generate` and a shared cache."""
+    kw = dict(kw); max_new, stop = kw.pop('max_new_tokens'), kw.pop('stop_strings', None) or []
+    if isinstance(self.model, Llama):
+        params = sampling_params_from_hf(max_new, stop_strings=stop, eos_ids=self.model.config.eos_token_ids, **kw)   # the model's end tokens, as HF's generate
+        return [r.text for r in LLMEngine.for_prompts(self.model, prompts, max_new, self.tok).generate(prompts, params)]
     ids, mask = self.pack(prompts, P, self.pad_token_id)
     cache = self.prefix_cache(prompts[0][:P], len(prompts), ids.shape[1] - P + max_new) if P else None
-    ids, mask = ids.to(self.device), mask.to(self.device)
-    if isinstance(self.model, Llama):
-        seq = generate(self.model, ids, mask, max_new_tokens=max_new, pad_token_id=self.pad_token_id, tokenizer=self.tok, cache=cache, **kw)
-    else:
-        stop = kw.pop('stop_strings', None)
-        seq = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=self.pad_token_id,
-                                  do_sample=kw.pop('do_sample', False), stop_strings=stop, tokenizer=self.tok if stop else None,
-                                  **self.cache_kwargs(cache), **kw)
-    return [row[ids.shape[1]:].tolist() for row in seq]
+    seq = self.model.generate(ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new, pad_token_id=self.pad_token_id,
+                              do_sample=kw.pop('do_sample', False), stop_strings=stop or None, tokenizer=self.tok if stop else None,
+                              **self.cache_kwargs(cache), **kw)
+    return [cut_at_stop(self.tok.decode(row[ids.shape[1]:], skip_special_tokens=True), stop)[0] for row in seq]
 
 @patch
 def generate_until(self:EvalModel, requests:Sequence[tuple[str, dict]]) -> list[str]:
@@ -223,12 +223,8 @@ def generate_until(self:EvalModel, requests:Sequence[tuple[str, dict]]) -> list[
         # as lm-eval: the context keeps its last max_length - max_new_tokens tokens
         prompts = [self.encode(requests[i][0])[-(self.max_length - max_new):] for i in idx]
         for batch, P in self.batches(prompts, [1] * len(prompts)):
-            new = self._generate_batch([prompts[u] for u in batch], P, dict(kw, max_new_tokens=max_new, stop_strings=until or None))
-            for u, toks in zip(batch, new):
-                text = self.tok.decode(toks, skip_special_tokens=True)
-                for s in until:
-                    if s in text: text = text[:text.index(s)]
-                out[idx[u]] = text
+            texts = self._generate_batch([prompts[u] for u in batch], P, dict(kw, max_new_tokens=max_new, stop_strings=until or None))
+            for u, text in zip(batch, texts): out[idx[u]] = text
             bar.update(len(batch))
     bar.close()
     return out

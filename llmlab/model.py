@@ -8,7 +8,7 @@ Docs: https://llmlab.github.io/llmlab/model.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,7 @@ __all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'attention_kinds', 'Mod
            'MLP', 'ReLU2MLP', 'RMSNorm', 'yarn_factor', 'yarn_mscale', 'rope_attention_factor', 'rope_frequencies',
            'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache', 'positions_and_mask',
            'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity', 'apply_repetition_penalty',
-           'top_k_filter', 'top_p_filter', 'pick_next_tokens', 'generate']
+           'top_k_filter', 'top_p_filter', 'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
 @dataclass
@@ -357,9 +357,11 @@ class Attention(nn.Module):
         if self.config.qk_norm and self.config.qk_norm_scope == 'head': q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         if hook is not no_hook: q, k = (hook(f'hook_rot_{n}', t.transpose(1, 2)).transpose(1, 2) for n, t in (('q', q), ('k', k)))
-        if cache is not None: k, v = cache.update(self.layer_idx, k, v)
-        if getattr(hook, 'wants_pattern', False): y = self.attend_explicitly(q, k, v, mask, hook)
-        else: y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
+        if getattr(cache, 'attends', False): y = cache.attend(self.layer_idx, q, k, v)   # a paged cache reads its own blocks (llmlab.engine)
+        else:
+            if cache is not None: k, v = cache.update(self.layer_idx, k, v)
+            if getattr(hook, 'wants_pattern', False): y = self.attend_explicitly(q, k, v, mask, hook)
+            else: y = attention_backends[self.config.attn_backend](q, k, v, causal=True, mask=mask)
         return self.o_proj(hook('hook_z', y.transpose(1, 2)).reshape(B, T, self.n_heads * self.head_dim))
 
 attention_kinds.register_lazy('mla', 'llmlab.mla')   # DeepSeek's multi-head latent attention: its own chapter
@@ -530,138 +532,11 @@ def top_p_filter(scores:Tensor, p:float) -> Tensor:
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return scores.masked_fill(drop, float('-inf'))
 
-def pick_next_tokens(logits:Tensor, seq:Tensor, do_sample:bool=False, temperature:float=1.0, top_k:int|None=None,
-                     top_p:float|None=None, repetition_penalty:float=1.0, generator:torch.Generator|None=None) -> Tensor:
-    "One step's next tokens `(batch,)` from the last logits: the processors above in Hugging Face's order, then argmax or a draw."
-    scores = apply_repetition_penalty(logits.float(), seq, repetition_penalty)
-    if not do_sample: return scores.argmax(-1)
-    scores = scores / temperature
-    if top_k: scores = top_k_filter(scores, top_k)
-    if top_p is not None and top_p < 1.0: scores = top_p_filter(scores, top_p)
-    return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
 
-# %% ../nbs/02_model.ipynb #321099ad
-class _Stopper:
-    "Tracks which rows have finished, by end-of-sequence token or by stop string."
-    def __init__(self, batch_size:int, eos_ids:Sequence[int], stop_strings:Sequence[str]|None, tokenizer, device):
-        if stop_strings and tokenizer is None: raise ValueError("stop_strings need the tokenizer: pass tokenizer=...")
-        self.eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
-        self.stop_strings, self.tokenizer = list(stop_strings or []), tokenizer
-        self.finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+# %% ../nbs/02_model.ipynb #f99d94f8
+def generate(model:Llama, input_ids:Tensor, attention_mask:Tensor|None=None, **kwargs) -> Tensor:
+    "Continue left-padded prompts, Hugging Face's way: `llmlab.engine.generate` (imported on first use: its chapter comes later)."
+    from llmlab.engine import generate as generate_with_engine
+    return generate_with_engine(model, input_ids, attention_mask, **kwargs)
 
-    def update(self, new_tokens:Tensor, generated:Tensor) -> Tensor:
-        "Mark rows whose latest token ends them; `generated` holds every new token so far."
-        if len(self.eos): self.finished |= torch.isin(new_tokens, self.eos)
-        if self.stop_strings:
-            for b in (~self.finished).nonzero().flatten().tolist():
-                text = self.tokenizer.decode(generated[b], skip_special_tokens=False)
-                if any(s in text for s in self.stop_strings): self.finished[b] = True
-        return self.finished
-
-def _stream(streamer, tokens:Tensor):
-    if streamer is None: return
-    if hasattr(streamer, 'put'): streamer.put(tokens.cpu())
-    else: streamer(tokens)
-
-# %% ../nbs/02_model.ipynb #35af3873
-def _special_ids(model:Llama, eos_token_id, pad_token_id) -> tuple[list[int], int]:
-    "The end-of-sequence ids (the argument, else the config's) and the padding id (else the config's, else the first end id, else 0)."
-    eos_ids = model.config.eos_token_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else model.config.pad_token_id
-    return eos_ids, pad if pad is not None else (eos_ids[0] if eos_ids else 0)
-
-def _prompt_cache(model:Llama, cache:KVCache|None, B:int, T0:int, max_new_tokens:int) -> KVCache:
-    "A new cache for the prompts and continuations, or `cache` (a shared prefix already in it) when it fits."
-    if cache is None: return model.make_cache(B, T0 + max_new_tokens)
-    if cache.length >= T0 or cache.max_len < T0 + max_new_tokens or cache.k.shape[1] != B:
-        raise ValueError(f"cache holds {cache.length} of {cache.max_len} positions for {cache.k.shape[1]} rows; generating needs fewer "
-                         f"than the prompt's {T0} cached and room for {T0 + max_new_tokens} in {B} rows")
-    return cache
-
-# %% ../nbs/02_model.ipynb #9ec73ec4
-@torch.no_grad()
-def generate(model:Llama, input_ids:Tensor, attention_mask:Tensor|None=None, *, max_new_tokens:int=32,
-             do_sample:bool=False, temperature:float=1.0, top_k:int|None=None, top_p:float|None=None,
-             repetition_penalty:float=1.0, num_beams:int=1, length_penalty:float=1.0, early_stopping:bool=False,
-             eos_token_id:int|Sequence[int]|None=None, pad_token_id:int|None=None, stop_strings:Sequence[str]|None=None,
-             tokenizer=None, streamer=None, generator:torch.Generator|None=None, cache:KVCache|None=None) -> Tensor:
-    """Continue `input_ids` (left-padded, with `attention_mask`); return prompts and continuations `(batch, len)`.
-    `cache` may already hold the first `cache.length` positions of every row (a shared prefix computed once)."""
-    if input_ids.ndim == 1: input_ids = input_ids[None]
-    B, T0 = input_ids.shape
-    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-    if not attention_mask[:, -1].all():
-        raise ValueError("prompts must be left-padded for generation (the last column of attention_mask is 0); "
-                         "set tokenizer.padding_side = 'left'")
-    if do_sample and temperature <= 0: raise ValueError(f"temperature={temperature} must be > 0 when sampling; use do_sample=False for greedy")
-    eos_ids, pad = _special_ids(model, eos_token_id, pad_token_id)
-    if num_beams > 1:
-        if do_sample: raise ValueError("beam search here is deterministic; use num_beams=1 with do_sample=True to sample")
-        if cache is not None: raise ValueError("beam search makes its own cache; pass cache=None with num_beams > 1")
-        return _beam_search(model, input_ids, attention_mask, max_new_tokens, num_beams, eos_ids, pad,
-                            length_penalty, early_stopping, repetition_penalty)
-    cache = _prompt_cache(model, cache, B, T0, max_new_tokens)
-    stopper, seq = _Stopper(B, eos_ids, stop_strings, tokenizer, input_ids.device), input_ids
-    logits = model(input_ids[:, cache.length:], attention_mask=attention_mask, cache=cache, logits_to_keep=1)[:, -1]
-    if streamer is not None and hasattr(streamer, 'put'): streamer.put(input_ids.cpu())
-    for _ in range(max_new_tokens):
-        next_tokens = pick_next_tokens(logits, seq, do_sample, temperature, top_k, top_p, repetition_penalty, generator)
-        seq = torch.cat([seq, next_tokens.masked_fill(stopper.finished, pad)[:, None]], dim=1)
-        _stream(streamer, seq[:, -1])
-        if stopper.update(seq[:, -1], seq[:, T0:]).all(): break
-        logits = model(seq[:, -1:], attention_mask=torch.cat([attention_mask, torch.ones_like(seq[:, T0:])], 1), cache=cache)[:, -1]
-    if streamer is not None and hasattr(streamer, 'end'): streamer.end()
-    return seq
-
-# %% ../nbs/02_model.ipynb #d3b6e458
-def _beam_search(model, input_ids, attention_mask, max_new_tokens, num_beams, eos_ids, pad, length_penalty,
-                 early_stopping, repetition_penalty) -> Tensor:
-    B, T0 = input_ids.shape
-    nb, dev, NEG = num_beams, input_ids.device, -1.0e9
-    n_cand = max(2, 1 + len(eos_ids)) * nb       # enough candidates that nb of them keep running
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=dev)
-    prompts, prompt_mask = input_ids.repeat_interleave(nb, 0), attention_mask.repeat_interleave(nb, 0)
-    cache = model.make_cache(B * nb, T0 + max_new_tokens)
-    logits = model(prompts, attention_mask=prompt_mask, cache=cache, logits_to_keep=1)[:, -1]
-    running = torch.full((B, nb), NEG, device=dev); running[:, 0] = 0.0  # beams start equal: expand beam 0 only
-    gen = torch.empty(B, nb, 0, dtype=torch.long, device=dev)           # tokens generated by each running beam
-    done_seqs = torch.full((B, nb, max_new_tokens), pad, dtype=torch.long, device=dev)
-    done_scores = torch.full((B, nb), NEG, device=dev)
-    done_lens = torch.zeros(B, nb, dtype=torch.long, device=dev)
-    done_real = torch.zeros(B, nb, dtype=torch.bool, device=dev)         # slot holds a finished hypothesis
-    improvable = torch.ones(B, dtype=torch.bool, device=dev)
-    for step in range(max_new_tokens):
-        logp = logits.float().log_softmax(-1)
-        logp = apply_repetition_penalty(logp, torch.cat([prompts, gen.flatten(0, 1)], 1), repetition_penalty)
-        V = logp.shape[-1]
-        top, idx = (logp.view(B, nb, V) + running[..., None]).view(B, nb * V).topk(n_cand, dim=1)
-        src, tok = idx // V, idx % V
-        cand = torch.cat([gen.gather(1, src[..., None].expand(-1, -1, step)), tok[..., None]], 2)  # (B, n_cand, step+1)
-        hits = torch.isin(tok, eos) | (step + 1 == max_new_tokens)
-        # finished hypotheses: only the top nb candidates may finish; scores are per generated token ** length_penalty
-        new_done = hits & (torch.arange(n_cand, device=dev) < nb)
-        closed = ~improvable[:, None] | (done_real.all(1, keepdim=True) & early_stopping)
-        norm = (top / (step + 1) ** length_penalty).masked_fill(~new_done | closed, NEG)
-        merged = torch.cat([done_scores, norm], 1)
-        keep = merged.topk(nb, dim=1).indices
-        done_scores = merged.gather(1, keep)
-        done_seqs = torch.cat([done_seqs, F.pad(cand, (0, max_new_tokens - step - 1), value=pad)], 1
-                              ).gather(1, keep[..., None].expand(-1, -1, max_new_tokens))
-        done_lens = torch.cat([done_lens, torch.full_like(tok, step + 1)], 1).gather(1, keep)
-        done_real = torch.cat([done_real, new_done & ~closed], 1).gather(1, keep)
-        # running beams: the best nb candidates that did not finish
-        alive = top + hits.float() * NEG
-        sel = alive.topk(nb, dim=1).indices
-        running, gen = alive.gather(1, sel), cand.gather(1, sel[..., None].expand(-1, -1, step + 1))
-        # can a running beam still beat the worst finished one?
-        best_possible = running[:, :1] / (step + 1) ** length_penalty
-        worst_done = torch.where(done_real, done_scores.min(1, keepdim=True).values, torch.full_like(done_scores, NEG))
-        improvable &= (best_possible > worst_done).any(1)
-        if step + 1 == max_new_tokens or not improvable.any() or (early_stopping and done_real.all()): break
-        cache.reorder((src.gather(1, sel) + torch.arange(B, device=dev)[:, None] * nb).flatten())
-        mask = torch.cat([prompt_mask, torch.ones(B * nb, step + 1, dtype=prompt_mask.dtype, device=dev)], 1)
-        logits = model(gen[..., -1].reshape(-1, 1), attention_mask=mask, cache=cache)[:, -1]
-    return torch.cat([input_ids, done_seqs[:, 0, :int(done_lens[:, 0].max())]], 1)
-
-# %% ../nbs/02_model.ipynb #2f650601
 Llama.generate = generate
