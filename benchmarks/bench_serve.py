@@ -127,9 +127,11 @@ def plot(results:dict, path:Path):
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
     for ax, s in zip(axes[0], sets):
         for system in results['systems']:
-            rs = sorted((r for r in results['runs'] if r['prompts'] == s and r['system'] == system), key=lambda r: r['output_tokens_per_s'])
+            rs = sorted((r for r in results['runs'] if r['prompts'] == s and r['system'] == system), key=lambda r: float(r['rate']))
             ax.plot([r['output_tokens_per_s'] for r in rs], [r['ttft_ms']['p50'] for r in rs], 'o-', label=system)
-        ax.set(title=f'{s} prompts', xlabel='output tokens/s (achieved)', ylabel='median time to first token (ms)', yscale='log')
+            for r in rs: ax.annotate(r['rate'].replace('.0', '') + '/s' if r['rate'] != 'inf' else 'all', (r['output_tokens_per_s'], r['ttft_ms']['p50']),
+                                     textcoords='offset points', xytext=(4, 4), fontsize=7)
+        ax.set(title=f'{s} prompts (points: arrival rate, requests/s)', xlabel='output tokens/s (achieved)', ylabel='median time to first token (ms)', yscale='log')
         ax.grid(alpha=0.3); ax.legend()
     fig.suptitle(f'SmolLM2-135M on {THREADS} CPU threads: latency against throughput, Poisson arrivals at increasing rates')
     fig.tight_layout(); fig.savefig(path, dpi=110)

@@ -362,6 +362,23 @@ def _serve_arguments(s):
 
 commands.register('serve', Command('serve a model over HTTP with an OpenAI-compatible API', _serve_arguments, _serve_cmd))
 
+# %% ../nbs/13_cli.ipynb #96c29c14
+def _export_cmd(a):
+    from llmlab.checkpoints import save_hf_dir
+    from llmlab.quantize import save_gguf
+    m, tok = load_pretrained(a.model, dtype='float32', progress=not a.quiet), load_tokenizer(a.model)
+    out = save_hf_dir(m, a.out, tokenizer=tok) if a.format == 'hf' else save_gguf(m, a.out, tok, a.outtype, name=Path(str(a.model)).stem)
+    print(f"wrote {out}")
+
+def _export_arguments(e):
+    e.add_argument('model', help='a known name, a Hugging Face directory or a .gguf file')
+    e.add_argument('out', help='the directory (--format hf) or .gguf file to write')
+    e.add_argument('--format', choices=['hf', 'gguf'], default='hf')
+    e.add_argument('--outtype', choices=['f32', 'f16', 'q8_0'], default='f16', help='GGUF weights (--format gguf)')
+    e.add_argument('--quiet', action='store_true', help='no progress bars')
+
+commands.register('export', Command('write a model as a Hugging Face directory or a GGUF file', _export_arguments, _export_cmd))
+
 # %% ../nbs/13_cli.ipynb #1a02b06c
 def build_parser() -> argparse.ArgumentParser:
     p = CommandLineParser(prog='llmlab', description='llmlab: train, evaluate and inspect LLMs.')

@@ -1,4 +1,4 @@
-"""Weight-only int8 and int4 quantization for inference, in plain PyTorch: any linear layer, saved and loaded as safetensors.
+"""Weight-only int8 and int4 quantization for inference, in plain PyTorch: any linear layer, saved and loaded as safetensors; and GGUF files out (f32, f16, q8_0), for llama.cpp, Ollama, and transformers' GGUF loader.
 
 Docs: https://llmlab.github.io/llmlab/quantize.html.md"""
 
@@ -6,18 +6,22 @@ Docs: https://llmlab.github.io/llmlab/quantize.html.md"""
 
 # %% ../nbs/03b_quantize.ipynb #6e24413b
 from __future__ import annotations
-import json, shutil, tempfile
+import json, os, shutil, tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .core import CheckpointError
+from .checkpoints import _GGUF_NAMES
 from .model import Llama, ModelConfig
 
 # %% auto #0
-__all__ = ['QuantizedLinear', 'quantize', 'weight_bytes', 'save_quantized', 'load_quantized']
+__all__ = ['GGUF_OUTTYPES', 'QuantizedLinear', 'quantize', 'weight_bytes', 'save_quantized', 'load_quantized',
+           'permute_rotary_rows', 'save_gguf']
 
 # %% ../nbs/03b_quantize.ipynb #e45b393a
 class QuantizedLinear(nn.Module):
@@ -112,3 +116,76 @@ def load_quantized(path) -> Llama:
     if missing or unexpected: raise ValueError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights(); model.rotary.reset()
     return model
+
+# %% ../nbs/03b_quantize.ipynb #2d83f1d1
+GGUF_OUTTYPES = ('f32', 'f16', 'q8_0')
+
+def _gguf_unsupported(c:ModelConfig) -> str|None:
+    for what, bad in [("attention='mla'", c.attention != 'gqa'), (f"mlp={c.mlp!r}", c.mlp != 'swiglu'), ('QK-norm', c.qk_norm),
+                      ('attention or MLP biases', c.attention_bias or c.qkv_bias or c.mlp_bias), ('logit soft-capping', c.logit_softcap),
+                      ("rope scaling other than 'linear'", c.rope_scaling and c.rope_scaling.get('rope_type') != 'linear')]:
+        if bad: return what
+
+def permute_rotary_rows(w:np.ndarray, n_heads:int) -> np.ndarray:
+    "llama.cpp's order of a query/key projection's rows (halves -> pairs interleaved): the inverse of `unpermute_rotary_rows`."
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+def _gguf_tensor_name(name:str) -> str|None:
+    "llmlab's parameter name as llama.cpp names it."
+    to_gguf = {v.removeprefix('model.'): k for k, v in _GGUF_NAMES.items()}
+    parts = name.split('.')
+    if parts[0] == 'layers': return f"blk.{parts[1]}.{to_gguf['.'.join(parts[2:-1])]}.{parts[-1]}"
+    return f"{to_gguf['.'.join(parts[:-1])]}.{parts[-1]}"
+
+
+# %% ../nbs/03b_quantize.ipynb #1b35ccf5
+def _gguf_tokenizer_fields(w, tokenizer, vocab_size:int):
+    "A byte-level BPE tokenizer as GGUF's `tokenizer.ggml.*` fields (llama.cpp's 'gpt2' model)."
+    import gguf
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec['model']['type'] != 'BPE': raise CheckpointError(f"GGUF export writes byte-level BPE tokenizers; this one is {spec['model']['type']}")
+    tokens, types = [f'[PAD{i}]' for i in range(vocab_size)], [gguf.TokenType.UNUSED] * vocab_size
+    for t, i in spec['model']['vocab'].items():
+        if i < vocab_size: tokens[i], types[i] = t, gguf.TokenType.NORMAL
+    for a in spec.get('added_tokens', []):
+        if a['id'] < vocab_size: tokens[a['id']], types[a['id']] = a['content'], gguf.TokenType.CONTROL if a['special'] else gguf.TokenType.USER_DEFINED
+    w.add_tokenizer_model('gpt2'); w.add_tokenizer_pre('default')
+    w.add_token_list(tokens); w.add_token_types(types)
+    w.add_token_merges([m if isinstance(m, str) else ' '.join(m) for m in spec['model']['merges']])
+    for add, token in [(w.add_bos_token_id, tokenizer.bos_token), (w.add_eos_token_id, tokenizer.eos_token), (w.add_pad_token_id, tokenizer.pad_token)]:
+        if token is not None: add(tokenizer.convert_tokens_to_ids(token))
+    w.add_add_bos_token(False)
+    if getattr(tokenizer, 'chat_template', None): w.add_chat_template(tokenizer.chat_template)
+
+
+# %% ../nbs/03b_quantize.ipynb #b60105e2
+def save_gguf(model:Llama, path, tokenizer=None, outtype:str='f16', name:str='llmlab') -> Path:
+    "Write `model` (and `tokenizer`) as a llama GGUF file with `f32`, `f16` or `q8_0` matrices; atomically."
+    import gguf
+    c, path = model.config, Path(path)
+    if outtype not in GGUF_OUTTYPES: raise ValueError(f"outtype={outtype!r}: GGUF export writes {', '.join(GGUF_OUTTYPES)}")
+    if (what := _gguf_unsupported(c)) or c.num_experts:
+        raise CheckpointError(f"llama.cpp's llama architecture cannot hold {what or 'a mixture of experts'}: export this model with --format hf")
+    Q = gguf.GGMLQuantizationType
+    kind = {'f32': Q.F32, 'f16': Q.F16, 'q8_0': Q.Q8_0}[outtype]
+    tmp = path.with_name(path.name + '.partial')
+    w = gguf.GGUFWriter(str(tmp), 'llama')
+    w.add_name(name); w.add_file_type({'f32': 0, 'f16': 1, 'q8_0': 7}[outtype])
+    w.add_context_length(c.max_position_embeddings); w.add_embedding_length(c.hidden_size); w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size); w.add_head_count(c.num_attention_heads); w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(c.head_dim); w.add_value_length(c.head_dim); w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta); w.add_layer_norm_rms_eps(c.rms_norm_eps); w.add_vocab_size(c.vocab_size)
+    if c.rope_scaling: w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR); w.add_rope_scaling_factor(c.rope_scaling['factor'])
+    if tokenizer is not None: _gguf_tokenizer_fields(w, tokenizer, c.vocab_size)
+    for n, t in model.state_dict().items():
+        if n == 'lm_head.weight' and c.tie_word_embeddings: continue
+        a = t.detach().float().cpu().numpy()
+        if n.endswith('q_proj.weight'): a = permute_rotary_rows(a, c.num_attention_heads)
+        if n.endswith('k_proj.weight'): a = permute_rotary_rows(a, c.num_key_value_heads)
+        q = Q.F32 if a.ndim == 1 else Q.F16 if kind == Q.Q8_0 and a.shape[-1] % 32 else kind
+        data = a if q == Q.F32 else a.astype(np.float16) if q == Q.F16 else gguf.quants.quantize(a, q)
+        w.add_tensor(_gguf_tensor_name(n), data, raw_dtype=q)   # q8_0: gguf reads the shape from the blocks' bytes
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    os.replace(tmp, path)
+    return path
+

@@ -22,9 +22,8 @@ from fastcore.basics import patch
 from .engine import AsyncEngine, LLMEngine, QueueFull, RequestOutput, SamplingParams
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_TOKENS', 'LATENCY_BUCKETS', 'CompletionRequest', 'ChatMessage', 'ChatRequest', 'error_response',
-           'sampling_params', 'OpenAIServer', 'APIKeyMiddleware', 'ServerMetrics', 'TokenizeRequest',
-           'DetokenizeRequest', 'serve', 'ServerThread']
+__all__ = ['DEFAULT_MAX_TOKENS', 'LATENCY_BUCKETS', 'error_response', 'sampling_params', 'OpenAIServer', 'APIKeyMiddleware',
+           'ServerMetrics', 'serve', 'ServerThread']
 
 # %% ../nbs/15_serve.ipynb #77c9c9e9
 class _Body(BaseModel):
@@ -61,6 +60,18 @@ class ChatRequest(_Body):
     logprobs: bool = False
     top_logprobs: Optional[int] = None
 
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra='ignore')
+    prompt: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_special_tokens: bool = True
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra='ignore')
+    tokens: list[int]
+
+
+# %% ../nbs/15_serve.ipynb #066119ee
 def error_response(status:int, message:str, kind:str='BadRequestError', param=None, headers=None) -> JSONResponse:
     "OpenAI's error body."
     return JSONResponse({'error': {'message': message, 'type': kind, 'param': param, 'code': status}}, status, headers=headers)
@@ -310,16 +321,6 @@ async def chat_completions(self:OpenAIServer, body:ChatRequest, raw:HTTPRequest)
     return {**head, 'object': 'chat.completion', 'choices': choices, 'usage': _usage(outs, body.n)}
 
 # %% ../nbs/15_serve.ipynb #06408fbe
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra='ignore')
-    prompt: Optional[str] = None
-    messages: Optional[list[ChatMessage]] = None
-    add_special_tokens: bool = True
-
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra='ignore')
-    tokens: list[int]
-
 @patch
 async def tokenize(self:OpenAIServer, body:TokenizeRequest):
     if (body.prompt is None) == (body.messages is None): raise ValueError("give either prompt (a string) or messages (a chat)")

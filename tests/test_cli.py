@@ -70,3 +70,27 @@ def test_bad_numbers_stop_before_any_work_in_one_line():
         r = run(*args, timeout=120)
         assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
         assert expected in r.stderr, r.stderr
+
+
+def test_export_smollm2_to_gguf_q8_0_reads_back_in_llmlab_and_transformers(smol, tokenizer, tmp_path):
+    """`llmlab export smollm2-135m-instruct OUT --format gguf --outtype q8_0`, the whole model: llmlab's reader and transformers'
+    GGUF loader give the same logits from the file (the same dequantized weights), close to the float32 model's; the file's
+    tokenizer encodes as the original does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from llmlab.checkpoints import load_gguf
+    from llmlab.core import assert_close
+    out = tmp_path / 'smol-q8_0.gguf'
+    r = run('export', 'smollm2-135m-instruct', str(out), '--format', 'gguf', '--outtype', 'q8_0', '--quiet')
+    assert r.returncode == 0, r.stderr
+    ids = tokenizer('The capital of France is Paris. The capital of Germany is', return_tensors='pt').input_ids
+    with torch.no_grad():
+        ours, exact = load_gguf(out)(ids), smol(ids)
+        theirs = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32)(ids).logits
+    # the same dequantized weights in float32 through 30 layers, two implementations of the same operations: observed 0
+    assert_close(theirs, ours, atol=1e-4, what="transformers' GGUF loader against llmlab's")
+    # q8_0 against float32 (SmolLM2's weights here came from a Q4_1 file; q8_0 rounds them again, 30 layers deep): observed 0.87
+    # on logits of magnitude up to 28; the next token is the same
+    assert_close(ours, exact, atol=2.0, what='q8_0 logits against float32')
+    assert ours[0, -1].argmax() == exact[0, -1].argmax()
+    assert AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)('Hello, world!').input_ids == tokenizer('Hello, world!').input_ids

@@ -430,7 +430,7 @@ def test_each_triton_kernel_compiles_for_hopper_without_spills():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"kernel"')]
     kernels = {row['kernel'] for row in rows}
-    assert kernels == {'attn_fwd', 'attn_bwd_dkdv', 'attn_bwd_dq', 'attn_decode', 'attn_decode_combine', 'rmsnorm_fwd', 'rmsnorm_bwd',
+    assert kernels == {'attn_fwd', 'attn_bwd_dkdv', 'attn_bwd_dq', 'attn_decode', 'paged_decode', 'attn_decode_combine', 'rmsnorm_fwd', 'rmsnorm_bwd',
                        'rope', 'swiglu_fwd', 'swiglu_bwd', 'cross_entropy_rows', 'grouped_mm_fwd', 'grouped_mm_dx', 'grouped_mm_wgrad'} \
         and ', 0 with problems' in r.stdout, kernels
     tma = [row for row in rows if row['constexprs'].get('TMA')]

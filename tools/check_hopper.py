@@ -29,7 +29,8 @@ import llmlab.kernels.decode as KD, llmlab.kernels.fused as KF, llmlab.kernels.g
 TARGET = GPUTarget('cuda', 90, 32)
 SHARED_LIMIT = 227 * 1024
 POINTERS = {'O_PART': 'fp32', 'LSE_PART': 'fp32', 'LSE': 'fp32', 'DELTA': 'fp32', 'RSTD': 'fp32', 'DW': 'fp32', 'LOSS': 'fp32', 'MASK': 'u8', 'QSEG': 'i32', 'KSEG': 'i32',
-            'LABELS': 'i64', 'COS': 'bf16', 'SIN': 'bf16', 'TILE_EXPERT': 'i32', 'TILE_ROW': 'i32', 'ENDS': 'i32'}
+            'LABELS': 'i64', 'COS': 'bf16', 'SIN': 'bf16', 'TILE_EXPERT': 'i32', 'TILE_ROW': 'i32', 'ENDS': 'i32',
+            'TABLE': 'i32', 'LENS': 'i32'}
 INTS = {'H', 'GROUP', 'M', 'N', 'T'}
 FLOATS = {'qk_scale', 'sm_scale', 'eps', 'smoothing', 'z_loss', 'inv_n'}
 # ints a launch of contiguous tensors at lengths that are multiples of 16 sees divisible by 16: strides and lengths
@@ -120,6 +121,9 @@ def cases(full=False):
             args = dict(D=D, BLOCK_D=D, BLOCK_R=rows, CAUSAL=True, WINDOW=False, HAS_MASK=False, PRECISION='tf32')
             for c in K.attn_decode_kernel.configs:   # 16 rows are below wgmma's 64: the decode reads keys, it is not dot-bound
                 yield 'attn_decode', K.attn_decode_kernel.fn, {**args, **c.kwargs}, c, 'bf16', (), f'decode {rows} rows bf16', rows >= 64
+    for D in (64, 128):   # the serving engine's decoding: keys read in place through block tables of 16-slot pages
+        args = dict(PAGE=16, D=D, BLOCK_D=D, BLOCK_R=16, BLOCK_N=KD.PAGED_BLOCK_N, PRECISION='tf32')
+        yield 'paged_decode', KD._paged_decode, args, triton.Config({}, num_warps=4, num_stages=3), 'bf16', (), 'paged decode bf16', False
     combine = dict(D=128, BLOCK_D=128, BLOCK_S=64)
     yield 'attn_decode_combine', KD._attn_decode_combine, combine, triton.Config({}, num_warps=4, num_stages=1), 'bf16', (), 'bf16', False
     one = triton.Config({}, num_warps=4, num_stages=1)

@@ -11,12 +11,14 @@ import math
 import torch
 
 from ..attention import attention_backends
+from ..engine import paged_attention_backends, paged_sdpa
 from . import LOG2E, _bf16_in_interpreter, tl, triton
 from .attention import FlashAttention, _allowed, _batch_part, _batch_slices, _prepare, _run, length_bucket
 
 # %% auto #0
-__all__ = ['DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS', 'decode_splits', 'attention_decode', 'flash_attention',
-           'doc_ids_from_cu_seqlens', 'triton_attention', 'register_with_transformers']
+__all__ = ['DECODE_CONFIGS', 'attn_decode_kernel', 'DECODE_MAX_ROWS', 'PAGED_BLOCK_N', 'decode_splits', 'attention_decode',
+           'flash_attention', 'doc_ids_from_cu_seqlens', 'triton_attention', 'register_with_transformers',
+           'paged_decode', 'triton_paged_attention']
 
 # %% ../../nbs/05b_decode_kernels.ipynb #804032ef
 @triton.jit
@@ -169,3 +171,78 @@ def register_with_transformers(name:str='llmlab_triton'):
 
 try: register_with_transformers()
 except ImportError: pass   # transformers too old for attention interfaces: llmlab's own models are unaffected
+
+# %% ../../nbs/05b_decode_kernels.ipynb #3ca31e6b
+@triton.jit
+def _paged_decode(Q, K, V, O_PART, LSE_PART, TABLE, LENS, sqb, sqh, skn, skh, svn, svh, stb, H, GROUP, qk_scale, chunk, n_splits,
+                  PAGE: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    # one program: one request's key/value head over one chunk of its context, for every query head that reads it
+    split, bkv = tl.program_id(0), tl.program_id(1)
+    KVH = H // GROUP
+    b, kvh = (bkv // KVH).to(tl.int64), bkv % KVH
+    Tk = tl.load(LENS + b)
+    rows = tl.arange(0, BLOCK_R)
+    valid = rows < GROUP
+    h = kvh * GROUP + rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(Q + b * sqb + h[:, None] * sqh + offs_d[None, :], mask=valid[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full([BLOCK_R], float('-inf'), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for start_n in range(split * chunk, tl.minimum(Tk, (split + 1) * chunk), BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        live = offs_n < Tk
+        slot = tl.load(TABLE + b * stb + offs_n // PAGE, mask=live, other=0).to(tl.int64) * PAGE + offs_n % PAGE   # the pages, in place
+        kt = tl.load(K + slot[None, :] * skn + kvh * skh + offs_d[:, None], mask=live[None, :] & d_ok[:, None], other=0.0)
+        s = tl.where(live[None, :], tl.dot(q, kt, input_precision=PRECISION) * qk_scale, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + slot[:, None] * svn + kvh * svh + offs_d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    empty = l_i == 0.0                                                      # this chunk lies past the request's context
+    part = (b * H + h) * n_splits + split                                  # partial results: (B, H, splits, 1, D) float32
+    tl.store(O_PART + part[:, None] * D + offs_d[None, :], acc / tl.where(empty, 1.0, l_i)[:, None], mask=valid[:, None] & d_ok[None, :])
+    tl.store(LSE_PART + part, tl.where(empty, float('-inf'), m_i + tl.log2(tl.where(empty, 1.0, l_i))), mask=valid)
+
+
+# %% ../../nbs/05b_decode_kernels.ipynb #4ed78430
+PAGED_BLOCK_N = 64
+
+def paged_decode(q, k_cache, v_cache, block_table, context_lens, page:int, scale=None, n_splits=None):
+    "One query per request `(B, H, D)` against its keys in a paged cache `(slots, KVH, D)`, pages listed in `block_table` `(B, pages)`."
+    B, H, D = q.shape
+    KVH = k_cache.shape[1]
+    if _bf16_in_interpreter(q, k_cache):
+        return paged_decode(q.float(), k_cache.float(), v_cache.float(), block_table, context_lens, page, scale, n_splits).to(q.dtype)
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    longest = int(context_lens.max())
+    n_splits = n_splits or decode_splits(B, KVH, longest, q.device)
+    chunk = triton.cdiv(triton.cdiv(longest, n_splits), PAGED_BLOCK_N) * PAGED_BLOCK_N
+    n_splits = triton.cdiv(longest, chunk)
+    o_part = torch.empty((B, H, n_splits, 1, D), device=q.device, dtype=torch.float32)
+    lse_part = torch.empty((B, H, n_splits, 1), device=q.device, dtype=torch.float32)
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    _paged_decode[(n_splits, B * KVH)](q, k_cache, v_cache, o_part, lse_part, block_table, context_lens, q.stride(0), q.stride(1),
+                                      k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), block_table.stride(0),
+                                      H, H // KVH, scale * LOG2E, chunk, n_splits, PAGE=page, D=D, BLOCK_D=BLOCK_D,
+                                      BLOCK_R=max(16, triton.next_power_of_2(H // KVH)), BLOCK_N=PAGED_BLOCK_N,
+                                      PRECISION='ieee' if q.dtype == torch.float32 else 'tf32', num_warps=4, num_stages=3)
+    o, lse = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype), torch.empty((B, H, 1), device=q.device, dtype=torch.float32)
+    _attn_decode_combine[(B * H,)](o_part, lse_part, o, lse, o.stride(0), o.stride(1), o.stride(2), H, 1, n_splits,
+                                   D=D, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(n_splits)))
+    return o[:, :, 0]
+
+@paged_attention_backends.register('triton', overwrite=True)
+def triton_paged_attention(q, k_cache, v_cache, batch):
+    "The engine's decoding steps through `paged_decode`; steps with prompt chunks through the `sdpa` backend."
+    if any(n != 1 for _, n in batch.per_row): return paged_sdpa(q, k_cache, v_cache, batch)
+    out = q.new_zeros(q.shape)
+    out[:, :, -1] = paged_decode(q[:, :, -1], k_cache, v_cache, batch.block_table, batch.context_lens, batch.page)
+    return out
+
