@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from fastcore.basics import patch
 
-from .engine import AsyncEngine, LLMEngine, QueueFull, RequestOutput, SamplingParams
+from .engine import AsyncEngine, LLMEngine, QueueFull, RequestOutput, SamplingParams, render_chat
 
 # %% auto #0
 __all__ = ['DEFAULT_MAX_TOKENS', 'LATENCY_BUCKETS', 'error_response', 'sampling_params', 'OpenAIServer', 'APIKeyMiddleware',
@@ -293,10 +293,9 @@ def _sse(self:OpenAIServer, chunks) -> StreamingResponse:
 # %% ../nbs/15_serve.ipynb #d1225313
 @patch
 def _chat_ids(self:OpenAIServer, messages:list[ChatMessage]) -> list[int]:
-    if not getattr(self.tok, 'chat_template', None): raise ValueError("this model's tokenizer has no chat template: use /v1/completions")
     msgs = [{'role': m.role, 'content': m.content if isinstance(m.content, str) or m.content is None else
              ''.join(part.get('text', '') for part in m.content if part.get('type') == 'text')} for m in messages]
-    return self.tok(self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+    return self.tok(render_chat(self.tok, msgs), add_special_tokens=False).input_ids
 
 @patch
 def _chat_logprobs(self:OpenAIServer, out:RequestOutput) -> dict:

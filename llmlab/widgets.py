@@ -15,6 +15,7 @@ from IPython.display import display
 from fastcore.basics import patch
 
 from .core import RunFolder, RunFolderError, read_heartbeats
+from .engine import render_chat
 from .interp import attention_pattern, logit_lens
 from .model import token_logprobs
 
@@ -375,7 +376,7 @@ class GenerationPlayground(_Widget):
 
     def prompt_ids(self) -> torch.Tensor:
         if self.chat.value and getattr(self.tokenizer, 'chat_template', None):
-            text = self.tokenizer.apply_chat_template([{'role': 'user', 'content': self.prompt.value}], tokenize=False, add_generation_prompt=True)
+            text = render_chat(self.tokenizer, [{'role': 'user', 'content': self.prompt.value}])
         else: text = self.prompt.value
         return self.tokenizer(text, return_tensors='pt', add_special_tokens=False).input_ids[0]
 

@@ -467,13 +467,16 @@ def test_gpu_script_dry_run_runs_every_phase(tmp_path):
                        cwd=Path(__file__).parent.parent, env={**os.environ, 'OUT': str(tmp_path)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / 'gpu_results.jsonl').read_text().splitlines()]
-    assert {row['phase'] for row in rows} >= {'env', 'tests', 'attention', 'decode', 'moe', 'train', 'cuda', 'done'}
+    assert {row['phase'] for row in rows} >= {'env', 'tests', 'attention', 'decode', 'moe', 'train', 'serve', 'cuda', 'done'}
     assert not [row for row in rows if 'error' in row or row.get('ok') is False], rows
     attention = [row for row in rows if row['phase'] == 'attention']
     assert len(attention) == 8 and all(row['ok'] and 'triton_fwdbwd_tflops' in row for row in attention)
     assert [row['backend'] for row in rows if row['phase'] == 'train'] == ['sdpa', 'triton']
     moe = [row for row in rows if row['phase'] == 'moe']
     assert len(moe) == 1 and moe[0]['ok'] and all(f'{impl}_fwdbwd_tflops' in moe[0] for impl in ('triton', 'grouped_mm', 'loop'))
+    serve = [row for row in rows if row['phase'] == 'serve']   # float32 in the dry run: both backends generate the same tokens
+    assert [row['kind'] for row in serve] == ['paged decode kernel', 'engine', 'engine', 'engine agreement'] and serve[0]['ok']
+    assert serve[-1]['same_outputs'] == serve[-1]['of']
 
 
 def test_cuda_kernel_compiles_for_sm80_and_sm90a_on_tensor_cores_without_spills(tmp_path):

@@ -7,13 +7,17 @@ Phases, each with its own time budget (seconds, checked before every item; the w
   attention  forward and forward+backward TFLOP/s, bf16: causal d=128 first, then full, d=64; T 1k-16k at 16k tokens
              per batch, 2048 = heads x dim, GQA 8:1; llmlab's Triton kernel vs SDPA's flash and cuDNN backends and
              FlexAttention, each checked against float32 SDPA (math) on two heads at the timed shape; the autotuner's
-             chosen config recorded. Then decode: one query per head, GQA 8:1, cache 4k-32k, split-KV vs SDPA       <= 180 s
+             chosen config recorded. Then decode: one query per head, GQA 8:1, cache 4k-32k, split-KV vs SDPA       <= 160 s
   moe        the experts' SwiGLU MLPs of one MoE layer, bf16, forward and forward+backward TFLOP/s: llmlab's Triton
              grouped GEMM vs torch._grouped_mm vs the per-expert loop, each checked against torch._grouped_mm in float32,
              on a Mixtral-8x7B layer (8 experts, top-2) and an OLMoE layer (64 experts, top-8), 8k tokens, routed
              by a random router (unbalanced as a real one is, never forced to balance)                              <= 50 s
   train      training steps of a ~1B-parameter llmlab Llama in bf16, sdpa vs the Triton kernels, eager then compiled:
-             tokens/s and MFU (against 989 TFLOP/s, H100/H200 dense bf16)                                            <= 90 s
+             tokens/s and MFU (against 989 TFLOP/s, H100/H200 dense bf16)                                            <= 80 s
+  serve      the serving engine's decoding: the paged Triton kernel (keys read in place through block tables) against
+             gathering each request's keys for SDPA, 64 requests x 1k-4k keys, GQA 4:1, checked against float32; then
+             the engine end to end on a ~0.5B llmlab Llama in bf16, 32 requests x 256-token prompts x 64 new tokens,
+             greedy: output tokens/s with each backend, and whether they generate the same tokens                       <= 30 s
   cuda       the CUDA C++ kernel built with nvcc (if present; else carry kernels/libllmlab_attn.so built elsewhere),
              self-tested and checked against SDPA, timed against SDPA-flash                                         <= 40 s
 TFLOP/s count 4 x B x H x Tq x Tk x D for the forward (half of it causal) and 3.5x that for forward+backward; for the experts
@@ -27,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 START = time.time()
-BUDGETS = {'env': 10, 'tests': 110, 'attention': 180, 'moe': 50, 'train': 90, 'cuda': 40}
+BUDGETS = {'env': 10, 'tests': 110, 'attention': 160, 'moe': 50, 'train': 80, 'serve': 30, 'cuda': 40}
 
 
 class Results:
@@ -240,6 +244,60 @@ def phase_train(out, dry, budget):
         if not dry: torch.cuda.empty_cache()
 
 
+def phase_serve(out, dry, budget):
+    import torch
+    from llmlab.engine import LLMEngine, PagedBatch, SamplingParams, paged_sdpa
+    from llmlab.kernels.decode import triton_paged_attention
+    from llmlab.model import Llama, ModelConfig
+    dev = 'cuda' if not dry else 'cpu'
+    dtype = torch.bfloat16 if not dry else torch.float32
+    H, KVH, D, page = (32, 8, 128, 16) if not dry else (4, 2, 16, 16)
+    for B, ctx in (((64, 1024), (64, 4096)) if not dry else ((3, 40),)):
+        if not budget: out('serve', cut='time budget reached', remaining=f'from context {ctx}'); return
+        torch.manual_seed(0)
+        per = -(-ctx // page)
+        k_cache, v_cache = (torch.randn(B * per * page, KVH, D, device=dev, dtype=dtype) for _ in range(2))
+        tables = torch.randperm(B * per).view(B, per).tolist()                     # pages scattered over the pool
+        pos = torch.arange(ctx)
+        slots = torch.tensor(tables)[:, pos // page] * page + pos % page
+        batch = PagedBatch(None, slots.to(dev), torch.ones(B, 1, dtype=torch.bool, device=dev), tables=tables, page=page)
+        q = torch.randn(B, H, 1, D, device=dev, dtype=dtype)
+        with torch.no_grad():
+            row = dict(kind='paged decode kernel', requests=B, context=ctx, heads=H, kv_heads=KVH, head_dim=D, page=page,
+                       rel_err=rel_err(triton_paged_attention(q, k_cache, v_cache, batch), paged_sdpa(q.float(), k_cache.float(), v_cache.float(), batch)))
+            row['ok'] = row['rel_err'] < (2e-2 if dtype == torch.bfloat16 else 1e-5)
+            moved = 2 * B * ctx * KVH * D * k_cache.element_size()
+            for name, f in (('triton', lambda: triton_paged_attention(q, k_cache, v_cache, batch)),
+                            ('sdpa_gather', lambda: paged_sdpa(q, k_cache, v_cache, batch))):
+                ms = bench(f, dry)
+                row[f'{name}_us'], row[f'{name}_gbps'] = ms * 1e3, moved / ms / 1e6
+            row['triton_over_sdpa_gather'] = row['sdpa_gather_us'] / row['triton_us']
+        out('serve', **row)
+        k_cache = v_cache = None
+    cfg = ModelConfig(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=12,
+                      num_key_value_heads=4, max_position_embeddings=4096) if not dry else \
+          ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    n, P, new = (32, 256, 64) if not dry else (3, 12, 4)
+    torch.manual_seed(0)
+    model = Llama(cfg).to(dev, dtype).eval()
+    prompts = [torch.randint(0, cfg.vocab_size, (P,)).tolist() for _ in range(n)]
+    outputs = {}
+    for backend in ('triton', 'sdpa'):
+        if not budget: out('serve', cut='time budget reached', remaining=f'engine {backend}'); return
+        engine = LLMEngine(model, max_num_seqs=n, max_num_batched_tokens=4096, paged_attention=backend)
+        engine.generate(prompts[:2], SamplingParams(max_tokens=2, ignore_eos=True))           # warm-up (compiles the kernels)
+        if not dry: torch.cuda.synchronize()
+        t = time.perf_counter()
+        reqs = engine.generate(prompts, SamplingParams(max_tokens=new, ignore_eos=True))
+        if not dry: torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        outputs[backend] = [r.output_ids for r in reqs]
+        out('serve', kind='engine', backend=backend, params=sum(p.numel() for p in model.parameters()), requests=n, prompt=P, new=new,
+            seconds=round(dt, 3), output_tokens_per_s=n * new / dt)
+    same = sum(a == b for a, b in zip(outputs['triton'], outputs['sdpa']))
+    out('serve', kind='engine agreement', same_outputs=same, of=n)   # bf16: a near-tie may turn one greedy token
+
+
 def phase_cuda(out, dry, budget):
     import torch
     library = ROOT / 'kernels' / 'libllmlab_attn.so'
@@ -277,7 +335,7 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     out = Results(Path(os.environ.get('OUT') or ROOT / 'benchmarks' / 'results' / 'gpu') / 'gpu_results.jsonl')
     phases = {'env': phase_env, 'tests': phase_tests, 'attention': phase_attention, 'moe': phase_moe, 'train': phase_train,
-              'cuda': phase_cuda}
+              'serve': phase_serve, 'cuda': phase_cuda}
     for name in args.phases.split(','):
         budget = Budget(BUDGETS[name])
         try:
