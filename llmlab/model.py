@@ -24,8 +24,8 @@ from .attention import attention_backends, repeat_kv
 __all__ = ['init_schemes', 'mlp_kinds', 'rope_scalings', 'attention_kinds', 'ModelConfig', 'small_init', 'normal_init', 'no_hook',
            'MLP', 'ReLU2MLP', 'RMSNorm', 'yarn_factor', 'yarn_mscale', 'rope_attention_factor', 'rope_frequencies',
            'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'Attention', 'Block', 'KVCache', 'positions_and_mask',
-           'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity', 'apply_repetition_penalty',
-           'top_k_filter', 'top_p_filter', 'generate']
+           'document_positions_and_mask', 'Llama', 'next_token_targets', 'token_logprobs', 'lm_loss', 'perplexity',
+           'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'generate']
 
 # %% ../nbs/02_model.ipynb #3c25287f
 @dataclass
@@ -418,10 +418,11 @@ class KVCache:
 
 # %% ../nbs/02_model.ipynb #64da2923
 def positions_and_mask(input_ids:Tensor, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
-                       past:int=0) -> tuple[Tensor, Tensor|None]:
+                       past:int=0, document_ids:Tensor|None=None) -> tuple[Tensor, Tensor|None]:
     "Positions of the new tokens (counting real tokens only) and the key mask for attention (None: nothing masked)."
     B, T = input_ids.shape
     mask = None
+    if document_ids is not None: return document_positions_and_mask(input_ids, document_ids, attention_mask, position_ids, past)
     if attention_mask is not None:
         if attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new) = {(B, past + T)}")
@@ -429,6 +430,22 @@ def positions_and_mask(input_ids:Tensor, attention_mask:Tensor|None=None, positi
         if not attention_mask.all(): mask = attention_mask.bool()[:, None, None, :]
     if position_ids is None: position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
     return position_ids, mask
+
+def document_positions_and_mask(input_ids:Tensor, document_ids:Tensor, attention_mask:Tensor|None=None,
+                                position_ids:Tensor|None=None, past:int=0) -> tuple[Tensor, Tensor]:
+    """Packed rows: `document_ids` `(batch, seq)` names each token's document (consecutive tokens of one document share an id).
+    A token attends only within its document and its position counts from the document's start, so each document is
+    computed as if alone."""
+    B, T = input_ids.shape
+    if document_ids.shape != (B, T): raise ValueError(f"document_ids has shape {tuple(document_ids.shape)}; expected (batch, seq) = {(B, T)}")
+    if past or attention_mask is not None:
+        raise ValueError("document_ids describe packed rows: pass them without a cache or an attention_mask (pad with a document of its own)")
+    same = document_ids[:, :, None] == document_ids[:, None, :]
+    if position_ids is None:
+        idx = torch.arange(T, device=input_ids.device).expand(B, T)
+        starts = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+        position_ids = idx - torch.where(starts, idx, 0).cummax(-1).values
+    return position_ids, same[:, None]
 
 # %% ../nbs/02_model.ipynb #143404ad
 class Llama(nn.Module):
@@ -455,10 +472,10 @@ class Llama(nn.Module):
         if self.config.tie_word_embeddings: self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids:Tensor, attention_mask:Tensor|None=None, position_ids:Tensor|None=None,
-                cache:KVCache|None=None, logits_to_keep:int=0) -> Tensor:
-        "Logits `(batch, seq, vocab)` (the last `logits_to_keep` positions only when it is > 0)."
+                cache:KVCache|None=None, logits_to_keep:int=0, document_ids:Tensor|None=None) -> Tensor:
+        "Logits `(batch, seq, vocab)` (the last `logits_to_keep` positions only when it is > 0); `document_ids`: packed rows."
         past = cache.length if cache is not None else 0
-        position_ids, mask = positions_and_mask(input_ids, attention_mask, position_ids, past)
+        position_ids, mask = positions_and_mask(input_ids, attention_mask, position_ids, past, document_ids)
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
         for block in self.layers: x = block(x, cos, sin, mask, cache)

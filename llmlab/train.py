@@ -27,12 +27,12 @@ from .model import lm_loss
 from .moe import moe_aux_loss, moe_step_metrics
 
 # %% auto #0
-__all__ = ['TRACKERS', 'optimizers', 'schedules', 'parallelisms', 'TRAIN_SECTIONS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS',
+__all__ = ['TRACKERS', 'optimizers', 'schedules', 'parallelisms', 'TRAIN_SECTIONS', 'RESUMABLE_KEYS', 'CONFIG_SECTIONS', 'tasks',
            'TrainConfig', 'lr_multiplier', 'DataParallel', 'FullyShardedParallel', 'DeepSpeedParallel',
            'ExpertParallel', 'TrainerState', 'latest_checkpoint', 'Checkpointer', 'TrackerError', 'start_trackers',
-           'flops_per_token', 'MetricsLogger', 'check_run_folder', 'build_optimizer', 'prepare_model',
-           'NonFiniteLossError', 'Trainer', 'read_metrics', 'plot_metrics', 'DataConfig', 'ConfiguredRun',
-           'build_from_config', 'fit_configured', 'train_from_config', 'add_lora']
+           'flops_per_token', 'MetricsLogger', 'check_run_folder', 'build_optimizer', 'prepare_model', 'Task',
+           'document_ids_from_starts', 'LossFunction', 'NonFiniteLossError', 'Trainer', 'read_metrics', 'plot_metrics',
+           'DataConfig', 'ConfiguredRun', 'build_from_config', 'fit_configured', 'train_from_config', 'add_lora']
 
 # %% ../nbs/08_train.ipynb #be2a84dc
 TRACKERS = {'tensorboard': 'tensorboard', 'mlflow': 'mlflow', 'wandb': 'wandb'}   # Accelerate's tracker name -> the package it needs
@@ -137,6 +137,7 @@ class TrainConfig(Config):
     tp_size: int = 1                         # tensor-parallel degree; with parallelism='fsdp' the mesh is (processes / tp_size, tp_size)
     zero_stage: Literal[1, 2, 3] = 3         # DeepSpeed's ZeRO stage (parallelism='deepspeed')
     kernels: list[str] = field(default_factory=list)   # Triton kernels by name: attention, rmsnorm, rope, swiglu, linear_cross_entropy
+    document_masking: bool = False           # packed blocks: each document attends only within itself, positions restart at its start
     progress: bool = True
 
     def validate(self): _check_train_config(self)
@@ -201,6 +202,10 @@ class DataParallel:
 
     def shard(self, acc, model): return model   # what a strategy does to the model before the optimizer sees it (ExpertParallel)
 
+    def frozen(self, acc, model, mesh=None):
+        "A model that is only evaluated (a reference policy) placed as this strategy places models: on the device, no gradients."
+        return model.to(acc.device).eval().requires_grad_(False)
+
     def wrap(self, acc, model, optimizer, micro:int, accum:int): return acc.prepare(model, optimizer)
 
     def sync(self, acc, model, sync:bool):
@@ -247,6 +252,10 @@ class FullyShardedParallel(DataParallel):
 
     def wrap(self, acc, model, optimizer, micro:int, accum:int):   # already sharded; Accelerate must not wrap it in DDP too
         return model.to(acc.device), acc.prepare(optimizer)
+
+    def frozen(self, acc, model, mesh=None):   # sharded like the policy, so it costs each rank its share only
+        if mesh is not None: parallelize(model.to(acc.device), mesh, fsdp=mesh['dp'].size() > 1)
+        return model.to(acc.device).eval().requires_grad_(False)
 
     def sync(self, acc, model, sync:bool):
         from torch.distributed.fsdp import FSDPModule
@@ -457,10 +466,12 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KB
 
 def flops_per_token(model, seq_len:int) -> float:
-    "Training FLOPs per token of `model` as it is (its own parameters counted), by `llmlab.memory.model_flops_per_token`."
+    """Training FLOPs per token of `model` as it is (its own parameters counted), by `llmlab.memory.model_flops_per_token`.
+    A frozen parameter (LoRA's base weights) costs its forward and the backward through it, not its gradient: 4 FLOPs, not 6."""
     cfg = getattr(model, 'config', None)
     n = sum(p.numel() for p in model.parameters())
-    return model_flops_per_token(cfg, seq_len, n_params=n) if cfg is not None else 6.0 * n
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return (model_flops_per_token(cfg, seq_len, n_params=n) if cfg is not None else 6.0 * n) - 2.0 * frozen
 
 class MetricsLogger:
     "A run's records: `metrics.jsonl` (main process) and the trackers; `throughput` measures the steps between two calls."
@@ -547,7 +558,7 @@ def prepare_model(model, c:TrainConfig, mesh=None, device=None):
 
 def _loss(model, batch) -> torch.Tensor:
     "Next-token loss of a batch whose `labels` are aligned with its `input_ids` (a packed block's next tokens)."
-    out = model(batch['input_ids'])
+    out = model(batch['input_ids'], **({'document_ids': batch['document_ids']} if 'document_ids' in batch else {}))
     return lm_loss(out if isinstance(out, torch.Tensor) else out.logits, batch['labels'])
 
 def _loss_for(c:TrainConfig, acc, loss_fn:Callable) -> Callable:
@@ -556,6 +567,35 @@ def _loss_for(c:TrainConfig, acc, loss_fn:Callable) -> Callable:
     from llmlab.kernels import fused_causal_lm_loss
     if acc.num_processes > 1: raise ConfigError("kernels=['linear_cross_entropy'] runs on one process (it reads the output layer's weight directly)")
     return fused_causal_lm_loss if loss_fn is _loss else loss_fn
+
+# %% ../nbs/08_train.ipynb #c18a917a
+class Task:
+    "What a Trainer trains for: `collate` items into a micro-batch, its summed `loss` and metrics, the `count` of units it sums over."
+    def setup(self, trainer): pass
+    def collate(self, items:list[dict]) -> dict: return {k: torch.stack([it[k] for it in items]) for k in ('input_ids', 'labels')}
+    def count(self, batch:dict) -> int: return int((batch['labels'] != -100).sum())
+    def loss(self, model, batch:dict) -> tuple[torch.Tensor, dict]: raise NotImplementedError
+
+def document_ids_from_starts(starts:torch.Tensor, length:int) -> torch.Tensor:
+    "Each position's document number in a block of `length` tokens whose documents start at `starts` (`TokenShards`' `doc_starts`)."
+    new = torch.zeros(length, dtype=torch.long)
+    new[starts[(starts > 0) & (starts < length)]] = 1
+    return new.cumsum(0)
+
+class LossFunction(Task):
+    """A plain `fn(model, batch) -> mean loss` as a task: each micro-batch is one unit (micro-batches weigh alike). With
+    `document_masking` the blocks' `doc_starts` become `document_ids` for the model (packed documents attend only within themselves)."""
+    def __init__(self, fn:Callable=None, document_masking:bool=False): self.fn, self.document_masking = fn or _loss, document_masking
+    def count(self, batch:dict) -> int: return 1
+    def loss(self, model, batch:dict): return self.fn(model, batch), {}
+    def collate(self, items:list[dict]) -> dict:
+        batch = super().collate(items)
+        if self.document_masking:
+            if 'doc_starts' not in items[0]: raise ConfigError("document_masking=True needs items with 'doc_starts' (TokenShards gives them)")
+            batch['document_ids'] = torch.stack([document_ids_from_starts(it['doc_starts'], len(it['input_ids'])) for it in items])
+        return batch
+
+def _to(batch:dict, device) -> dict: return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 # %% ../nbs/08_train.ipynb #f17db724
 class NonFiniteLossError(LlmlabError):
@@ -585,9 +625,9 @@ def _close_at_exit(trainer_ref):
 
 # %% ../nbs/08_train.ipynb #6b22de3a
 class Trainer:
-    "Trains a causal LM on token blocks as `TrainConfig` says, through a parallelism strategy, into a run folder."
+    "Trains a causal LM as `TrainConfig` says, on what its `task` makes of `train_data` (token blocks by default), through a parallelism strategy, into a run folder."
     def __init__(self, model, config:TrainConfig, train_data, val_data=None, callbacks:Sequence=(), accelerator=None,
-                 loss_fn:Callable=_loss):
+                 loss_fn:Callable=_loss, task:Task|None=None):
         c = config
         self.config, self.train_data, self.val_data, self.callbacks = c, train_data, val_data, list(callbacks)
         if c.mixed_precision == 'fp16' and not torch.cuda.is_available():
@@ -601,8 +641,9 @@ class Trainer:
         self.run = RunFolder(c.run_dir)
         self.run_dir = self.run.path
         seed_everything(c.seed)
-        self.loss_fn = _loss_for(c, acc, loss_fn)
-        fpt = flops_per_token(model, getattr(train_data[0]['input_ids'], 'shape', [0])[-1])   # before sharding
+        self.task = task or LossFunction(_loss_for(c, acc, loss_fn), c.document_masking)
+        first = train_data[0] if len(train_data) else {}
+        fpt = flops_per_token(model, getattr(first.get('input_ids'), 'shape', [0])[-1])   # before sharding
         prepare_model(model, c, self.mesh, acc.device)
         self.parallelism.shard(acc, model)
         opt = build_optimizer(model, c)
@@ -616,7 +657,8 @@ class Trainer:
         acc.register_for_checkpointing(self.state)
         self.checkpoints = Checkpointer(self.run, acc, c.keep_last, self.parallelism)
         self.metrics = MetricsLogger(self.run, acc, c, fpt)
-        self.should_stop, self.bad_steps, self.signalled, self.preempted = False, 0, None, False
+        self.should_stop, self.bad_steps, self.signalled, self.preempted, self.task_record = False, 0, None, False, {}
+        self.task.setup(self)
         if self.parallelism.close_at_exit and torch.distributed.is_initialized(): atexit.register(_close_at_exit, weakref.ref(self))
 
 # %% ../nbs/08_train.ipynb #3d0ddab1
@@ -647,31 +689,38 @@ def _checkpoint_args(self:Trainer) -> dict:
 # %% ../nbs/08_train.ipynb #cd587a1c
 @patch
 def _batches(self:Trainer):
-    "Micro-batches of this rank's share of the sampler's order, forever (the sampler starts a new epoch itself)."
+    "Micro-batches of this rank's share of the sampler's order, forever (the sampler starts a new epoch itself); or the task's own."
+    if hasattr(self.task, 'batches'): yield from self.task.batches(self); return
     while True:
         idx = []
         for i in self.sampler:
             idx.append(i)
             if len(idx) == self.micro:
-                yield {k: torch.stack([self.train_data[j][k] for j in idx]).to(self.accelerator.device) for k in ('input_ids', 'labels')}
+                yield _to(self.task.collate([self.train_data[j] for j in idx]), self.accelerator.device)
                 idx = []
+
+@patch
+def frozen(self:Trainer, model):
+    "`model` evaluated only (a reference policy), placed through this run's strategy (sharded under FSDP2)."
+    return self.parallelism.frozen(self.accelerator, model, self.mesh)
 
 @patch
 @torch.no_grad()
 def evaluate(self:Trainer) -> dict:
-    "Validation loss and perplexity over the first `eval_batches` batches of `val_data`, on every rank together."
+    "Validation loss (the task's, per unit) and perplexity over the first `eval_batches` batches of `val_data`, on every rank together."
     if self.val_data is None: return {}
     self.model.eval()
-    acc, losses = self.accelerator, []
+    acc, total = self.accelerator, torch.zeros(2, device=self.accelerator.device)
     n = min(len(self.val_data), self.config.eval_batches * self.micro * self.dp_size) // self.dp_size * self.dp_size
     mine = list(range(self.dp_rank, n, self.dp_size))   # equal shares: sharded models need every rank in every forward
     for s in range(0, len(mine), self.micro):
         idx = mine[s:s + self.micro]
-        batch = {k: torch.stack([self.val_data[j][k] for j in idx]).to(acc.device) for k in ('input_ids', 'labels')}
-        with acc.autocast(): losses.append(self.loss_fn(self.model, batch).float() * len(idx))
-    total = acc.reduce(torch.stack(losses).sum().reshape(1), 'sum') if losses else torch.zeros(1)
+        batch = _to(self.task.collate([self.val_data[j] for j in idx]), acc.device)
+        with acc.autocast(): loss, _ = self.task.loss(self.model, batch)
+        total += torch.stack([loss.detach().float(), torch.tensor(float(self.task.count(batch)), device=acc.device)])
+    total = acc.reduce(total, 'sum')   # tensor-parallel peers count the same items: the ratio is unchanged
     self.model.train()
-    val = float(total) / (acc.num_processes // self.dp_size) / max(1, n)   # tensor-parallel peers counted the same items
+    val = float(total[0] / total[1].clamp(min=1))
     return {'val_loss': val, 'val_perplexity': math.exp(min(val, 50))}
 
 # %% ../nbs/08_train.ipynb #f2f392ae
@@ -679,20 +728,24 @@ def evaluate(self:Trainer) -> dict:
 def _step(self:Trainer, batches) -> tuple[float, float, bool]:
     "One optimizer step over `accum` micro-batches: the loss averaged over all ranks, the gradient norm, and whether both were finite."
     c, acc, st, par = self.config, self.accelerator, self.state, self.parallelism
-    total_loss = torch.zeros((), device=acc.device)
-    for micro in range(self.accum):
-        batch = next(batches)
+    total_loss, metrics = torch.zeros((), device=acc.device), {}
+    micro_batches = [next(batches) for _ in range(self.accum)]
+    scale = self._loss_scale(micro_batches)
+    for micro, batch in enumerate(micro_batches):
         with par.sync(acc, self.model, micro == self.accum - 1), acc.autocast():
-            loss = self.loss_fn(self.model, batch)
+            loss, batch_metrics = self.task.loss(self.model, batch)
+            loss = loss if scale == 1.0 else loss * scale
             aux = moe_aux_loss(self.model)                          # a mixture of experts' balancing losses (None: none)
         par.backward(acc, self.model, loss if aux is None else loss + aux, self.accum)
         total_loss += loss.detach() / self.accum
+        for k, v in batch_metrics.items(): metrics[k] = metrics.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32, device=acc.device) / self.accum
         st.tokens += batch['input_ids'].numel() * self.dp_size
     grad_norm = par.clip(acc, self.model, c.grad_clip)
     grad_norm = float('nan') if grad_norm is None else float(grad_norm)
     signalled = torch.tensor(float(self.signalled is not None), device=acc.device)
-    reduced = acc.reduce(torch.stack([total_loss, signalled]), 'mean')
+    reduced = acc.reduce(torch.stack([total_loss, signalled, *metrics.values()]), 'mean')
     mean_loss = reduced[:1]
+    self.task_record = dict(zip(metrics, reduced[2:].tolist()))   # the task's metrics, averaged over micro-batches and ranks
     if reduced[1] > 0 and not self.preempted:
         self.preempted = self.should_stop = True
         if acc.is_main_process: print(f"llmlab: {self.signalled or 'another rank was signalled'}: checkpointing at step "
@@ -704,6 +757,15 @@ def _step(self:Trainer, batches) -> tuple[float, float, bool]:
     self.scheduler.step()
     st.step += 1
     return float(mean_loss), grad_norm, finite
+
+@patch
+def _loss_scale(self:Trainer, micro_batches:list[dict]) -> float:
+    "The factor on each micro-batch's summed loss that makes the step's loss its sum over every micro-batch and rank / their total count."
+    acc = self.accelerator
+    count = torch.tensor([float(sum(self.task.count(b) for b in micro_batches))], device=acc.device)
+    total = float(acc.reduce(count, 'sum')) / (acc.num_processes // self.dp_size)   # tensor-parallel peers hold the same batch
+    if total <= 0: raise ValueError("a step's micro-batches hold no units to train on (every label masked?); check the task's masks")
+    return self.dp_size * self.accum / total
 
 # %% ../nbs/08_train.ipynb #d7730cdf
 @patch
@@ -756,7 +818,7 @@ def _fit(self:Trainer, heartbeat:Heartbeat) -> dict:
         heartbeat.update(step=st.step)
         bar.update(min(bar.total, time.perf_counter() - started) - bar.n if c.max_minutes is not None else 1)   # tqdm cannot pass its total
         record = {'step': st.step, 'loss': loss, 'lr': self.scheduler.get_last_lr()[0], 'grad_norm': grad_norm, 'tokens': st.tokens,
-                  **self.moe_record}
+                  **self.moe_record, **self.task_record}
         if not finite:
             self.metrics.log({**record, 'skipped': True})
             if self.bad_steps >= c.max_bad_steps:
@@ -818,7 +880,12 @@ class DataConfig(Config):
     text_field: str = 'text'
     seed: int = 0
 
-CONFIG_SECTIONS = ('model', 'data', 'train')
+CONFIG_SECTIONS = ('model', 'data', 'train', 'task')
+
+# a config's `task: {name: sft | dpo | grpo, ...}` section: post-training, each task's chapter registers its builder
+# build(section, model, tokenizer, train_config) -> (Task, model, train items, validation items or None)
+tasks = Registry('post-training task')
+for _name, _module in (('sft', 'llmlab.sft'), ('dpo', 'llmlab.dpo'), ('grpo', 'llmlab.grpo')): tasks.register_lazy(_name, _module)
 
 @dataclass
 class ConfiguredRun:
@@ -830,6 +897,7 @@ class ConfiguredRun:
     train_data: TokenShards
     val_data: Optional[TokenShards]
     val_bytes: int                             # UTF-8 bytes of the validation documents (for bits per byte)
+    task: Optional[object] = None              # a post-training Task (a config with a `task` section), else pretraining
 
 def _tokenizer_for(data:DataConfig, train_docs, run_dir:Path):
     "The configured tokenizer, or one learned from `train_docs` into `run_dir/tokenizer` (once; every rank waits for it)."
@@ -863,6 +931,7 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     train = TrainConfig.from_dict(d.get('train', {}), prefix='train', **train_overrides)
     m = dict(d.get('model', {}))
     _check_model_section(m, data)
+    if 'task' in d: return _post_training_run(d, m, data, train)
     docs = demo_corpus(data.max_docs) if data.corpus == 'demo' else load_corpus(data.corpus, data.text_field)[:data.max_docs]
     tr_docs, va_docs = split_documents(docs, data.val_fraction, data.seed)
     run_dir = Path(train.run_dir)
@@ -873,20 +942,34 @@ def build_from_config(cfg:dict|str|Path, **train_overrides) -> ConfiguredRun:
     else:
         tr = TokenShards(build_shards(tr_docs, tok, run_dir / 'data' / 'train', progress=train.progress), data.block_size)
         va = TokenShards(build_shards(va_docs, tok, run_dir / 'data' / 'val', progress=train.progress), data.block_size) if va_docs else None
+    return ConfiguredRun(_model_for(m, tok, data, train), tok, data, train, tr, va, sum(len(t.encode()) for t in va_docs))
+
+def _model_for(m:dict, tok, data:DataConfig, train:TrainConfig):
+    "The model section's model: a checkpoint (`pretrained`) or a new one sized by the tokenizer."
     if 'pretrained' in m:
         from llmlab.checkpoints import load_pretrained
-        model = load_pretrained(m.pop('pretrained'), progress=train.progress)
-    else:
-        from llmlab.model import Llama, ModelConfig
-        seed_everything(train.seed)
-        model = Llama(ModelConfig.from_dict({'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
-                                             'max_position_embeddings': data.block_size, **m}, prefix='model'))
-    return ConfiguredRun(model, tok, data, train, tr, va, sum(len(t.encode()) for t in va_docs))
+        return load_pretrained(m['pretrained'], progress=train.progress)
+    from llmlab.model import Llama, ModelConfig
+    seed_everything(train.seed)
+    return Llama(ModelConfig.from_dict({'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
+                                        'max_position_embeddings': data.block_size, **m}, prefix='model'))
+
+def _post_training_run(d:dict, m:dict, data:DataConfig, train:TrainConfig) -> ConfiguredRun:
+    "A config with a `task` section: the task's builder reads its own data (`task.data`) and checks every row before any step."
+    from llmlab.checkpoints import load_tokenizer
+    section = dict(d['task'] or {})
+    if 'data' in d: raise ConfigError("a config with a task section reads its rows from task.data (a .jsonl/.json/.csv/.parquet file); remove the data section")
+    if 'name' not in section: raise ConfigError(f"the task section needs a name: one of {', '.join(tasks.names())}")
+    name = section.pop('name')
+    tasks.check(name, 'task.name')
+    tok = load_tokenizer(section.pop('tokenizer', m.get('pretrained', data.tokenizer)))
+    task, model, tr, va = tasks[name](section, _model_for(m, tok, data, train), tok, train)
+    return ConfiguredRun(model, tok, data, train, tr, va, 0, task)
 
 # %% ../nbs/08_train.ipynb #5fe3bd86
 def fit_configured(run:ConfiguredRun, callbacks:Sequence=()) -> dict:
     "Train a built config; the Trainer's summary with the parameter count, bits per byte and where the run is."
-    trainer = Trainer(run.model, run.train, run.train_data, run.val_data, callbacks=callbacks)
+    trainer = Trainer(run.model, run.train, run.train_data, run.val_data, callbacks=callbacks, task=run.task)
     summary = trainer.fit()
     if trainer.accelerator.is_main_process:
         plot_metrics(run.train.run_dir).figure.savefig(Path(run.train.run_dir) / 'loss.png', dpi=120, bbox_inches='tight')

@@ -20,9 +20,9 @@ from .interp import attention_pattern, logit_lens
 from .model import token_logprobs
 
 # %% auto #0
-__all__ = ['MOE_METRICS', 'METRICS', 'message', 'draw_expert_load', 'read_run_metrics', 'TrainingMonitor', 'read_eval_run',
-           'EvalDashboard', 'token_probabilities', 'GenerationPlayground', 'AttentionViewer', 'LogitLensViewer',
-           'PatchingViewer', 'RoutingViewer']
+__all__ = ['MOE_METRICS', 'TASK_METRICS', 'METRICS', 'message', 'draw_expert_load', 'read_run_metrics', 'TrainingMonitor',
+           'read_eval_run', 'EvalDashboard', 'token_probabilities', 'GenerationPlayground', 'AttentionViewer',
+           'LogitLensViewer', 'PatchingViewer', 'RoutingViewer', 'read_rollouts', 'RolloutViewer']
 
 # %% ../nbs/12_widgets.ipynb #94e3b76a
 def message(text:str, kind:str='error') -> W.HTML:
@@ -56,9 +56,15 @@ class _Widget:
 # %% ../nbs/12_widgets.ipynb #bb4c000e
 MOE_METRICS = ('moe_aux_loss', 'moe_seq_aux_loss', 'moe_z_loss', 'moe_max_violation', 'moe_dropped', 'moe_tokens_per_expert')
 
+# post-training's metrics (llmlab.dpo, llmlab.grpo): rewards per reward function, DPO's implicit rewards, GRPO's clipping and KL
+TASK_METRICS = ('reward', 'reward_std', 'frac_reward_zero_std', 'completions/mean_length', 'completions/clipped_ratio',
+                'clip_ratio/low', 'clip_ratio/high', 'kl')
+
 def _offer_moe_metrics(monitor, recs:list[dict]):
-    "The load metrics a mixture of experts' run has logged join a TrainingMonitor's dropdown."
-    logged = tuple(m for m in MOE_METRICS if any(m in r for r in recs[-20:]))
+    "The metrics a mixture of experts' run or a post-training task has logged join a TrainingMonitor's dropdown."
+    recent = recs[-20:]
+    logged = tuple(m for m in MOE_METRICS + TASK_METRICS if any(m in r for r in recent))
+    logged += tuple(sorted({k for r in recent for k in r if k.startswith('rewards/')}))   # each reward function's mean and errors
     if logged and monitor.metric.options != METRICS + logged: monitor.metric.options = METRICS + logged   # the selection is kept
 
 def draw_expert_load(ax, recs:list[dict]):
@@ -519,3 +525,77 @@ class RoutingViewer(_Widget):
         _figure_into(self.plot, lambda fig: plot_heatmap(usage, 'share of the tokens\' expert choices', 'expert', 'layer',
                                                          list(range(usage.shape[1])), layers, ax=fig.add_subplot(111)))
         self.show_tokens()
+
+# %% ../nbs/12_widgets.ipynb #47fc502d
+def read_rollouts(run_dir) -> list[dict]:
+    "The records of a run's `rollouts.jsonl` (a half-written last line is ignored); an error naming the fix if there are none."
+    path = Path(run_dir) / 'rollouts.jsonl'
+    if not path.exists(): raise RunFolderError(f"{path} does not exist: rollouts are written by a GRPO run (llmlab.grpo.GRPOTask)")
+    out = []
+    for line in path.read_text().splitlines():
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError: break
+    return out
+
+class RolloutViewer(_Widget):
+    "A GRPO run's rollouts: per step and prompt, the group's completions with their rewards and advantages."
+    def __init__(self, run_dir, group_size:int|None=None):
+        self.run_dir, self.group_size = Path(run_dir), group_size
+        self.step, self.prompt = W.Dropdown(description='step'), W.Dropdown(description='prompt')
+        self.plot, self.table = W.Output(), W.HTML()
+        self.step.observe(lambda c: self._prompts(), names='value'); self.prompt.observe(lambda c: self.show(), names='value')
+        self.widget = W.VBox([self.plot, W.HBox([self.step, self.prompt]), self.table]); self.widget.add_class('llmlab-rollout-viewer')
+        self.refresh()
+
+    def refresh(self):
+        "Reread the run folder: the steps, the reward curve, the selected group."
+        try: self.records = read_rollouts(self.run_dir)
+        except RunFolderError as e: self.records = []; self.table.value = message(str(e)).value; return
+        self.steps = {r['step']: r for r in self.records}
+        def draw(fig):
+            ax = fig.add_subplot(111)
+            ax.plot(list(self.steps), [_mean(r['rewards']) for r in self.steps.values()], 'o-')
+            ax.set(xlabel='step', ylabel='mean reward of the rollout'); ax.xaxis.get_major_locator().set_params(integer=True)
+        _figure_into(self.plot, draw)
+        self.step.options = list(self.steps)
+        self.step.value = self.step.value if self.step.value in self.steps else self.step.options[-1]
+        self._prompts()
+
+    def group(self) -> list[dict]:
+        "The selected step and prompt's completions: text, reward, advantage."
+        r, g = self.steps[self.step.value], self.prompt.value
+        return [{'completion': c, 'reward': rw, 'advantage': a} for c, rw, a in
+                list(zip(r['completions'], r['rewards'], r['advantages']))[g * self._size(r):(g + 1) * self._size(r)]]
+
+    def _size(self, r:dict) -> int:
+        n = r.get('group_size') or self.group_size
+        if not n: raise RunFolderError("the rollouts do not say their group size: RolloutViewer(run_dir, group_size=...)")
+        return n
+
+    def _prompts(self):
+        r = self.steps[self.step.value]
+        n = self._size(r)
+        opts = [(f"{k}: {r['prompts'][k * n][:60]}", k) for k in range(len(r['prompts']) // n)]
+        keep = self.prompt.value if self.prompt.value in [v for _, v in opts] else 0
+        self.prompt.options = opts
+        self.prompt.value = keep
+        self.show()
+
+    def show(self):
+        "The selected group as a table, each completion shaded by its advantage."
+        rows, r = self.group(), self.steps[self.step.value]
+        top = max((abs(x['advantage']) for x in rows), default=0) or 1.0
+        def shade(a): return f"rgba(27,127,58,{a / top * 0.45:.2f})" if a > 0 else f"rgba(176,0,32,{-a / top * 0.45:.2f})"
+        reward = lambda x: 'missing' if x['reward'] is None else f"{x['reward']:.3f}"
+        body = ''.join(f"<tr style='background:{shade(x['advantage'])}'><td>{reward(x)}</td>"
+                       f"<td>{x['advantage']:+.3f}</td><td style='white-space:pre-wrap;font-family:monospace'>{html.escape(x['completion'])}</td></tr>"
+                       for x in rows)
+        flat = all(abs(x['advantage']) < 1e-9 for x in rows)
+        note = '<div class="llmlab-flat-group">all rewards equal: advantage 0, this group taught nothing</div>' if flat else ''
+        prompt = html.escape(r['prompts'][self.prompt.value * self._size(r)])
+        self.table.value = (f"<div><b>step {self.step.value}</b>, prompt: <code>{prompt}</code></div>{note}<table class='llmlab-rollout-group'>"
+                            f"<tr><th>reward</th><th>advantage</th><th>completion</th></tr>{body}</table>")
+
+def _mean(xs:list) -> float:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float('nan')

@@ -174,6 +174,18 @@ def wait_for_the_last_cell(page, lab, deadline:float):
     check_no_cell_failed('after the last cell', page, lab)
 
 
+def run_tutorial(playwright, lab, notebook, viewport, selectors):
+    """A tutorial run whole in JupyterLab: (browser, page, the first widget of each CSS selector) once every one shows and the
+    last cell has run; the caller closes the browser."""
+    browser, page = open_and_run(playwright, lab, notebook, viewport)
+    try:
+        deadline = time.time() + 600
+        widgets = [page.locator(sel).first for sel in selectors]
+        for w, sel in zip(widgets, selectors): wait_until(w.is_visible, deadline - time.time(), sel, page, lab)
+        wait_for_the_last_cell(page, lab, deadline)
+    except BaseException: browser.close(); stop_kernels(lab); raise
+    return browser, page, widgets
+
 @pytest.mark.slow
 def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
@@ -220,14 +232,10 @@ def test_quickstart_tutorial_dashboards_render_and_respond_in_jupyterlab(lab):
 def test_moe_tutorial_routing_viewer_renders_and_responds_in_jupyterlab(lab):
     "The MoE tutorial whole in JupyterLab: its monitor shows the experts' load, its routing viewer follows its dropdowns."
     from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser, page = open_and_run(p, lab, 'moe.ipynb', {'width': 1300, 'height': 1000})
+    with sync_playwright() as p:   # ~20 s idle
+        browser, page, (monitor, viewer) = run_tutorial(p, lab, 'moe.ipynb', {'width': 1300, 'height': 1000},
+                                                        ('.llmlab-training-monitor', '.llmlab-routing-viewer'))
         try:
-            deadline = time.time() + 600                          # ~20 s idle
-            viewer, monitor = page.locator('.llmlab-routing-viewer').first, page.locator('.llmlab-training-monitor').first
-            for w, what in ((monitor, 'the training monitor'), (viewer, 'the routing viewer')):
-                wait_until(w.is_visible, deadline - time.time(), what, page, lab)
-            wait_for_the_last_cell(page, lab, deadline)
             viewer.locator('select').nth(1).select_option(label='expert 5')
             viewer.locator('select').first.select_option(label='layer 2')
             state_file = ask_kernel(page, lab, "{'expert': routing_viewer.expert.value, 'layer': routing_viewer.layer.value, "
@@ -312,3 +320,33 @@ def test_monitor_follows_a_two_process_job_and_shows_a_dead_rank(lab, tmp_path):
                 browser.close(); stop_kernels(served)
     finally:
         os.killpg(job.pid, signal.SIGKILL); job.wait()
+
+
+@pytest.mark.slow
+def test_grpo_tutorial_rollout_viewer_renders_and_responds_in_jupyterlab(lab):
+    "The GRPO tutorial whole in JupyterLab (SmolLM2, 3 steps): the monitor offers the rewards, the rollout viewer follows its dropdowns."
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:   # ~70 s idle
+        browser, page, (monitor, viewer) = run_tutorial(p, lab, 'grpo_smollm2.ipynb', {'width': 1300, 'height': 1100},
+                                                        ('.llmlab-training-monitor', '.llmlab-rollout-viewer'))
+        try:
+            viewer.locator('select').first.select_option(label='2')
+            viewer.locator('select').nth(1).select_option(index=1)
+            wait_until(lambda: 'step 2</b>' in viewer.inner_html(), 60, 'the viewer to show step 2', page, lab)
+            state_file = ask_kernel(page, lab, "{'step': viewer.step.value, 'prompt': viewer.prompt.value, 'group': viewer.group(), "
+                                    "'record': [r for r in viewer.records if r['step'] == 2][0], 'metric': monitor.metric.value, "
+                                    "'options': list(monitor.metric.options)}")
+            rows = viewer.locator('table.llmlab-rollout-group tr')
+            wait_until(lambda: rows.count() == 9, 30, 'a group of 8 completions in the table', page, lab)
+            shown = [rows.nth(i).locator('td').nth(2).inner_text() for i in range(1, 9)]
+            viewer.scroll_into_view_if_needed(); viewer.screenshot(path=str(ARTIFACTS / 'llmlab-rollout-viewer.png'))
+            monitor.scroll_into_view_if_needed(); monitor.screenshot(path=str(ARTIFACTS / 'llmlab-training-monitor-grpo.png'))
+        finally:
+            browser.close(); stop_kernels(lab)
+    state = json.loads(state_file.read_text())
+    assert state['step'] == 2 and state['prompt'] == 1 and state['metric'] == 'reward'
+    assert 'rewards/answer/mean' in state['options'] and 'frac_reward_zero_std' in state['options']
+    record = state['record']                                # the page shows the second prompt's group of step 2, from the run folder
+    completions = [c if isinstance(c, str) else c[-1]['content'] for c in record['completions'][8:16]]
+    assert [g['completion'] for g in state['group']] == completions and [g['advantage'] for g in state['group']] == record['advantages'][8:16]
+    assert [s.strip() for s in shown] == [c.strip() for c in completions]

@@ -1,13 +1,13 @@
 """Every notebook in nbs/ runs top to bottom as a test (cells flagged `gpu` are skipped on this CPU machine).
 
-The quickstart and MoE tutorials are the exceptions: `tests/test_browser.py` runs them whole in a real JupyterLab kernel
+The quickstart, MoE and GRPO tutorials are the exceptions: `tests/test_browser.py` runs them whole in a real JupyterLab kernel
 (every cell, its assertions included, and fails on any cell's error), then drives their dashboards; running them a second
 time here would prove nothing more."""
 from pathlib import Path
 import pytest
 
 NBS = Path(__file__).resolve().parents[1] / 'nbs'
-RUN_BY_THE_BROWSER_TEST = {'tutorials/quickstart.ipynb', 'tutorials/moe.ipynb'}
+RUN_BY_THE_BROWSER_TEST = {'tutorials/quickstart.ipynb', 'tutorials/moe.ipynb', 'tutorials/grpo_smollm2.ipynb'}
 NOTEBOOKS = sorted(p for p in NBS.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts and not p.name.startswith('_')
                    and str(p.relative_to(NBS)) not in RUN_BY_THE_BROWSER_TEST)
 
