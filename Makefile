@@ -40,6 +40,10 @@ install: | $(BIN)/python
 	echo "DeepSpeed's CPU runs use a shared-memory all-reduce it compiles on first use (~40 s): compiling it now"; \
 	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); \
 		b is not None and b.is_compatible() and b.load()" >/dev/null 2>&1 || echo "(not built: DeepSpeed compiles it when a CPU run starts)"; \
+	echo "ranx compiles its metrics with numba on first use (~1 min) and caches them beside its code: compiling them now"; \
+	$(BIN)/python -c "from ranx import Qrels, Run, evaluate, fuse; q = Qrels({'q': {'a': 1}}); r = Run({'q': {'a': 1.0, 'b': 0.5}}); \
+		evaluate(q, r, ['recall@5', 'ndcg@10', 'mrr', 'map', 'r-precision'], return_mean=False, make_comparable=True); \
+		evaluate(q, r, ['recall@5', 'ndcg@10', 'mrr', 'map', 'r-precision']); fuse([r, r], method='rrf')" >/dev/null 2>&1 || echo "(not compiled: ranx compiles them when first used)"; \
 	cp pyproject.toml $(STAMP); fi
 	@# an editable install leaves out the wheel's llmlab-lm-eval.pth (setup.py), which lets `lm_eval --model llmlab` find llmlab
 	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \

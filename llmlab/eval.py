@@ -25,12 +25,12 @@ from .stats import bootstrap_stderr, clt_stderr, clustered_stderr, compare
 from . import metrics as M
 
 # %% auto #0
-__all__ = ['TaskKind', 'LM_EVAL_TASK_KEYS', 'data_loaders', 'LETTERS', 'builtin_tasks', 'split_context', 'EvalModel',
-           'common_prefix_length', 'TaskConfig', 'lm_eval_task_keys', 'load_task', 'read_records', 'load_mmlu_csv',
-           'load_arc_jsonl', 'load_hellaswag_jsonl', 'load_boolq_jsonl', 'load_cb_jsonl', 'load_copa_jsonl',
-           'load_squad_v2_json', 'load_humaneval', 'python_license_text', 'load_python_license', 'load_mmlu_dev',
-           'load_arithmetic', 'get_task', 'Task', 'extract_answer', 'score_multiple_choice', 'program_for',
-           'TaskResult', 'evaluate_task', 'run_evaluation', 'compare_runs']
+__all__ = ['TaskKind', 'LM_EVAL_TASK_KEYS', 'data_loaders', 'LETTERS', 'builtin_tasks', 'task_kinds', 'split_context',
+           'EvalModel', 'common_prefix_length', 'TaskConfig', 'lm_eval_task_keys', 'load_task', 'read_records',
+           'load_mmlu_csv', 'load_arc_jsonl', 'load_hellaswag_jsonl', 'load_boolq_jsonl', 'load_cb_jsonl',
+           'load_copa_jsonl', 'load_squad_v2_json', 'load_humaneval', 'python_license_text', 'load_python_license',
+           'load_mmlu_dev', 'load_arithmetic', 'get_task', 'Task', 'extract_answer', 'score_multiple_choice',
+           'program_for', 'TaskResult', 'evaluate_task', 'run_evaluation', 'compare_runs']
 
 # %% ../nbs/10_eval.ipynb #26379f35
 def split_context(context:str, continuation:str) -> tuple[str, str]:
@@ -230,7 +230,7 @@ def generate_until(self:EvalModel, requests:Sequence[tuple[str, dict]]) -> list[
     return out
 
 # %% ../nbs/10_eval.ipynb #9a1281bb
-TaskKind = Literal['multiple_choice', 'perplexity', 'generation', 'code']
+TaskKind = Literal['multiple_choice', 'perplexity', 'generation', 'code', 'rag']
 
 @dataclass
 class TaskConfig(Config):
@@ -255,6 +255,7 @@ class TaskConfig(Config):
     timeout: float = 10.0                       # code: seconds per program
     limit: Optional[int] = None
     cluster_field: Optional[str] = None         # items whose documents share this field's value share a context: clustered errors
+    retrieval: Optional[dict] = None            # rag: the corpus, retriever and pipeline (llmlab.rag.RetrievalSection)
     source_dir: Optional[str] = None            # set when loaded from a file: relative paths start here
 
     def validate(self):
@@ -502,6 +503,9 @@ def program_for(doc:dict, completion:str) -> str:
     return doc['prompt'] + completion + '\n\n' + doc['test'] + f"\n\ncheck({doc['entry_point']})\n"
 
 # %% ../nbs/10_eval.ipynb #5651e46f
+task_kinds = Registry('task kind')            # kinds defined in later chapters: `evaluate(lm, task, ids)` and `metrics(config)`
+task_kinds.register_lazy('rag', 'llmlab.rag')
+
 def _mean_metric(key):
     return lambda items: float(np.mean([it['scores'][key] for it in items]))
 
@@ -514,10 +518,13 @@ def _item_values(task:TaskConfig, items:list[dict]) -> dict[str, list[float]]:
     if task.kind == 'code':
         ks = sorted({int(m.split('@')[1]) for m in task.metrics if m.startswith('pass@')} or {1})
         return {f'pass@{k}': [M.pass_at_k(len(i['scores']['passed']), sum(i['scores']['passed']), k) for i in items] for k in ks if k <= task.samples}
-    keys = {'multiple_choice': ('acc', 'acc_norm'), 'generation': ('exact_match', 'f1')}.get(task.kind, ())
+    keys = task_kinds[task.kind].metrics(task) if task.kind in task_kinds else \
+        {'multiple_choice': ('acc', 'acc_norm'), 'generation': ('exact_match', 'f1')}.get(task.kind, ())
     return {k: [float(i['scores'][k]) for i in items] for k in keys if items and all(k in i['scores'] for i in items)}
 
-def _aggregators(task:TaskConfig) -> dict[str, Callable]:
+def _aggregators(task:TaskConfig, items:Sequence[dict]=()) -> dict[str, Callable]:
+    if task.kind in task_kinds:      # a kind's metrics that every item has (retrieval metrics need labelled documents)
+        return {k: _mean_metric(k) for k in task_kinds[task.kind].metrics(task) if items and all(k in i['scores'] for i in items)}
     if task.kind == 'multiple_choice': return {'acc': _mean_metric('acc'), 'acc_norm': _mean_metric('acc_norm')}
     if task.kind == 'perplexity':
         per_token, per_word, per_byte = _nll_per('tokens'), _nll_per('words'), _nll_per('bytes')
@@ -562,6 +569,7 @@ class TaskResult:
 def _evaluate_items(lm, task:Task, ids:list[int]) -> list[dict]:
     "Requests for items `ids`, answered in one batched call per request kind; per-item records."
     c, docs = task.config, task.docs
+    if c.kind in task_kinds: return task_kinds[c.kind].evaluate(lm, task, ids)
     if c.kind == 'multiple_choice':
         reqs, spans = [], []
         for i in ids:
@@ -628,7 +636,7 @@ def evaluate_task(lm, task, run_dir=None, chunk_size:int=64, bootstrap_iters:int
         bar.update(len(recs))
     bar.close()
     items = [done[i] for i in range(len(t.docs))]
-    aggs = _aggregators(cfg)
+    aggs = _aggregators(cfg, items)
     scores = {k: f(items) for k, f in aggs.items()}
     stderr = {k: bootstrap_stderr(items, f, bootstrap_iters, seed) for k, f in aggs.items()}
     per_item = _item_values(cfg, items)
@@ -658,7 +666,7 @@ def run_evaluation(lm, tasks:Sequence, run_dir, config:dict|None=None, **kwargs)
     return results
 
 # %% ../nbs/10_eval.ipynb #0d251f7c
-_ITEM_KEY = {'multiple_choice': 'acc', 'generation': 'exact_match'}
+_ITEM_KEY = {'multiple_choice': 'acc', 'generation': 'exact_match', 'rag': 'exact_match'}
 
 def compare_runs(baseline, runs:Sequence, iters:int=10000, seed:int=0):
     "A data frame comparing each run folder in `runs` with `baseline` on the tasks they share (paired by item)."

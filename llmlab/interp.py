@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import UnknownNameError, _did_you_mean
-from .model import Llama, ModelConfig, attention_kinds, mlp_kinds, no_hook, positions_and_mask
+from .model import Llama, ModelConfig, attention_kinds, mlp_kinds, no_hook, positions_and_mask, token_logprobs
 
 # %% auto #0
 __all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_forward', 'ActivationCache', 'bridge',
@@ -25,7 +25,7 @@ __all__ = ['act_name', 'hook_names', 'check_hook_name', 'HookPoint', 'hooked_for
            'first_token_score', 'induction_score', 'repeated_random_tokens', 'head_scores', 'induction_scores',
            'attention_pattern', 'plot_heatmap', 'plot_attention', 'Attribution', 'direct_logit_attribution', 'Probe',
            'train_probe', 'probe_layers', 'patch_residual', 'patch_heads', 'normalized_recovery', 'logit_diff_metric',
-           'attribution_patch', 'steering', 'save_result']
+           'attribution_patch', 'steering', 'rag_token_spans', 'passage_attention', 'knockout_passages', 'save_result']
 
 # %% ../nbs/11_interp.ipynb #2acbd835
 _BLOCK = {'resid_pre': 'hook_resid_pre', 'resid_mid': 'hook_resid_mid', 'resid_post': 'hook_resid_post',
@@ -543,6 +543,48 @@ def steering(model:Llama, layer:int, vector:Tensor, coeff:float=1.0):
     handle = model.layers[layer].register_forward_pre_hook(add, with_kwargs=True)
     try: yield model
     finally: handle.remove()
+
+# %% ../nbs/11_interp.ipynb #5a50e409
+def rag_token_spans(tokenizer, question:str, passages:Sequence[dict], answer:str) -> tuple[list[int], list[tuple[int, int]], tuple[int, int]]:
+    "The reader's prompt then `answer` as token ids, each passage's token span `[start, end)` and the answer's."
+    from llmlab.rag import format_passages, reader_prompt
+    prompt = reader_prompt(tokenizer, question, passages)
+    enc = tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc['input_ids'], enc['offset_mapping']
+    spans, at = [], prompt.index(format_passages(passages)) if passages else 0
+    for n, p in enumerate(passages, 1):
+        one = format_passages([p]).replace('Doc 1', f'Doc {n}', 1)           # the passage as the prompt shows it
+        start = prompt.index(one, at); at = start + len(one)
+        toks = [t for t, (a, b) in enumerate(offsets) if a < at and b > start]
+        spans.append((toks[0], toks[-1] + 1))
+    first = next(t for t, (a, b) in enumerate(offsets) if b > len(prompt))
+    return ids, spans, (first, len(ids))
+
+
+# %% ../nbs/11_interp.ipynb #e805b858
+def passage_attention(model, tokenizer, question:str, passages:Sequence[dict], answer:str) -> Tensor:
+    "Attention from the positions predicting `answer` to each passage's tokens: `(layers, passages)`, mean over heads and positions."
+    ids, spans, (a, b) = rag_token_spans(tokenizer, question, passages, answer)
+    pattern = _patterns(model, torch.tensor([ids]))[:, 0, :, a - 1:b - 1]            # (layers, heads, answer queries, keys)
+    return torch.stack([pattern[..., s:e].sum(-1).mean((1, 2)) for s, e in spans], dim=1)
+
+def knockout_passages(model, tokenizer, question:str, passages:Sequence[dict], answer:str, layers:Sequence[int]|None=None,
+                      queries:str='answer') -> Tensor:
+    """How far the answer's log-probability falls when attention to each passage's tokens is blocked in `layers` (all by
+    default), from the positions predicting the answer (`queries='answer'`) or from every position (`'all'`)."""
+    ids, spans, (a, b) = rag_token_spans(tokenizer, question, passages, answer)
+    x, targets = torch.tensor([ids]), torch.tensor([ids[a:b]])
+    layers = range(n_layers(model)) if layers is None else layers
+    def logprob(hooks): return token_logprobs(run_with_hooks(model, x, hooks)[:, a - 1:b - 1], targets).sum().item()
+    def block(s, e):
+        def fn(scores, hook):
+            q = slice(a - 1, b - 1) if queries == 'answer' else slice(None)
+            scores = scores.clone(); scores[:, :, q, s:e] = torch.finfo(scores.dtype).min
+            return scores
+        return [(act_name('attn_scores', l), fn) for l in layers]
+    base = logprob([])
+    return torch.tensor([base - logprob(block(s, e)) for s, e in spans])
+
 
 # %% ../nbs/11_interp.ipynb #268fba4d
 def save_result(run_dir, name:str, data:dict, figure=None) -> Path:

@@ -18,11 +18,13 @@ from .core import RunFolder, RunFolderError, read_heartbeats
 from .engine import render_chat
 from .interp import attention_pattern, logit_lens
 from .model import token_logprobs
+from .rag import context_cite, leave_one_out
 
 # %% auto #0
 __all__ = ['MOE_METRICS', 'TASK_METRICS', 'METRICS', 'message', 'draw_expert_load', 'read_run_metrics', 'TrainingMonitor',
            'read_eval_run', 'EvalDashboard', 'token_probabilities', 'GenerationPlayground', 'AttentionViewer',
-           'LogitLensViewer', 'PatchingViewer', 'RoutingViewer', 'read_rollouts', 'RolloutViewer']
+           'LogitLensViewer', 'PatchingViewer', 'RoutingViewer', 'read_rollouts', 'RolloutViewer', 'rag_html',
+           'RAGInspector']
 
 # %% ../nbs/12_widgets.ipynb #94e3b76a
 def message(text:str, kind:str='error') -> W.HTML:
@@ -599,3 +601,50 @@ class RolloutViewer(_Widget):
 def _mean(xs:list) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float('nan')
+
+# %% ../nbs/12_widgets.ipynb #ba57cdc6
+def rag_html(result:dict) -> tuple[str, str]:
+    "An inspected question as HTML: the answer, and a table with one row a passage, shaded by its attribution."
+    top = max((abs(p['attribution']) for p in result['passages']), default=0) or 1.0
+    def shade(a): return f"rgba(27,127,58,{a / top * 0.5:.2f})" if a > 0 else f"rgba(176,0,32,{abs(a) / top * 0.5:.2f})"
+    answer = (f"<div class='llmlab-rag-answer'><b>answer</b>: {html.escape(result['reply'])}</div>"
+              + ('' if result['passages'] else '<div>closed-book: no passages were retrieved</div>'))
+    rows = ''.join(f"<tr style='background:{shade(p['attribution'])}'><td>{n}</td><td>{html.escape(p['id'])}</td><td>{p['score']:.3f}</td>"
+                   f"<td>{p['attribution']:+.2f}</td><td style='white-space:pre-wrap'>{html.escape(p['contents'])}</td></tr>"
+                   for n, p in enumerate(result['passages'], 1))
+    table = (f"<table class='llmlab-rag-passages'><tr><th>#</th><th>passage</th><th>score</th>"
+             f"<th>{html.escape(result['method'])} (nats)</th><th>text</th></tr>{rows}</table>") if rows else ''
+    return answer, table
+
+
+# %% ../nbs/12_widgets.ipynb #a65be95c
+class RAGInspector(_Widget):
+    "A question, the passages a pipeline retrieved (scores, attribution shading) and the answer it read from them."
+    def __init__(self, lm, pipeline, question:str='', method:str='leave-one-out'):
+        self.lm, self.pipeline, self.result = lm, pipeline, None
+        self.question = W.Text(value=question, description='question', layout=W.Layout(width='70%'))
+        self.method = W.Dropdown(options=['leave-one-out', 'ContextCite'], value=method, description='attribution')
+        self.ask = W.Button(description='Ask', button_style='primary')
+        self.answer, self.table = W.HTML(), W.HTML()
+        self.ask.on_click(lambda b: self.inspect())
+        self.widget = W.VBox([W.HBox([self.question, self.method, self.ask]), self.answer, self.table])
+        self.widget.add_class('llmlab-rag-inspector')
+        if question: self.inspect()
+
+    def inspect(self, question:str|None=None) -> dict:
+        "Answer `question` (default: the text box's), attribute the answer to the passages, and show it all."
+        q = self.question.value = question if question is not None else self.question.value
+        if not q.strip(): self.answer.value = message('type a question, then Ask').value; return {}
+        self.answer.value = message('retrieving, reading and attributing ...', 'info').value
+        out = self.pipeline.run(self.lm, [q])[0]
+        said = out.raw.strip().split('\n')[0]
+        if out.passages and said:
+            attr = leave_one_out(self.lm, q, out.passages, said) if self.method.value == 'leave-one-out' else \
+                context_cite(self.lm, q, out.passages, said).scores
+        else: attr = [0.0] * len(out.passages)
+        self.result = {'question': q, 'answer': out.answer, 'reply': said, 'method': self.method.value,
+                       'passages': [{'id': p['id'], 'score': p['score'], 'attribution': float(a), 'contents': p['contents']}
+                                    for p, a in zip(out.passages, attr)]}
+        self.answer.value, self.table.value = rag_html(self.result)
+        return self.result
+

@@ -350,3 +350,52 @@ def test_grpo_tutorial_rollout_viewer_renders_and_responds_in_jupyterlab(lab):
     completions = [c if isinstance(c, str) else c[-1]['content'] for c in record['completions'][8:16]]
     assert [g['completion'] for g in state['group']] == completions and [g['advantage'] for g in state['group']] == record['advantages'][8:16]
     assert [s.strip() for s in shown] == [c.strip() for c in completions]
+
+
+RAG_NOTEBOOK = '''from llmlab.checkpoints import load_pretrained, load_tokenizer
+from llmlab.eval import EvalModel
+from llmlab.rag import Pipeline
+from llmlab.retrieval import BM25Retriever, chunk_documents
+from llmlab.widgets import RAGInspector
+facts = [('zorblax', 'Zorblax', 'Zorblax is a small cold planet in the Vireo system. Its capital city is Quimbly, founded by miners.'),
+         ('tarn', 'Tarnwick', 'Tarnwick is a river port on the planet Ossel. Its capital is Brenmoor.'),
+         ('ossel', 'Ossel', 'Ossel is a gas giant with eleven moons; its largest moon is Fendra.')]
+index = BM25Retriever().index(chunk_documents([{'id': i, 'title': t, 'text': x} for i, t, x in facts]), progress=False)
+lm = EvalModel(load_pretrained('smollm2-135m-instruct', progress=False), load_tokenizer('smollm2-135m-instruct'), progress=False)
+inspector = RAGInspector(lm, Pipeline(index, k=3))
+inspector'''
+
+
+@pytest.mark.slow
+def test_rag_inspector_answers_a_question_typed_into_the_page(lab):
+    """A notebook holding a RAGInspector over SmolLM2 and BM25: a question typed into the page and Ask give the answer, the
+    passages with their scores, and the shading of each by leave-one-out attribution, the same as the kernel computed."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(RAG_NOTEBOOK)]
+    nb.metadata['kernelspec'] = {'display_name': 'python3', 'language': 'python', 'name': 'python3'}
+    nbformat.write(nb, lab[2] / 'rag_inspector.ipynb')
+    with sync_playwright() as p:
+        browser, page = open_and_run(p, lab, 'rag_inspector.ipynb', {'width': 1300, 'height': 900})
+        try:
+            inspector = page.locator('.llmlab-rag-inspector').first
+            wait_until(lambda: inspector.count() and inspector.locator('input[type=text]').count(), 120, 'the inspector', page, lab)
+            inspector.locator('input[type=text]').first.fill('What is the capital city of the planet Zorblax?')
+            inspector.locator('button', has_text='Ask').click()
+            rows = inspector.locator('table.llmlab-rag-passages tr')
+            wait_until(lambda: rows.count() > 1, 120, 'the passages in the table', page, lab)   # BM25 returns those sharing a word
+            shown = [[rows.nth(i).locator('td').nth(j).inner_text() for j in range(4)] for i in range(1, rows.count())]
+            styles = [rows.nth(i).get_attribute('style') for i in range(1, rows.count())]
+            answer = inspector.locator('.llmlab-rag-answer').inner_text()
+            state_file = ask_kernel(page, lab, 'inspector.result')
+            inspector.scroll_into_view_if_needed(); inspector.screenshot(path=str(ARTIFACTS / 'llmlab-rag-inspector.png'))
+        finally:
+            browser.close(); stop_kernels(lab)
+    state = json.loads(state_file.read_text())
+    assert state['question'] == 'What is the capital city of the planet Zorblax?' and 'Quimbly' in answer
+    assert [r[1] for r in shown] == [p['id'] for p in state['passages']]
+    assert [float(r[2]) for r in shown] == [round(p['score'], 3) for p in state['passages']]
+    assert [float(r[3]) for r in shown] == [round(p['attribution'], 2) for p in state['passages']]
+    best = max(range(len(shown)), key=lambda i: state['passages'][i]['attribution'])
+    assert state['passages'][best]['id'] == 'zorblax#0' and 'rgba(27,127,58,0.50)' in styles[best]
