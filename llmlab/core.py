@@ -6,7 +6,7 @@ Docs: https://llmlab.github.io/llmlab/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, socket, subprocess, sys, threading, time, types
+import contextvars, dataclasses, difflib, importlib, json, os, platform, random, re, socket, subprocess, sys, threading, time, types, weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -45,7 +45,10 @@ def _did_you_mean(name, names):
 
 class Registry:
     "A named collection of objects that raises a helpful `UnknownNameError` for unknown names."
-    def __init__(self, kind:str): self.kind, self._items, self._lazy = kind, {}, {}
+    instances = weakref.WeakSet()   # every registry alive: what tests/test_notebooks.py restores after each chapter
+    def __init__(self, kind:str):
+        self.kind, self._items, self._lazy = kind, {}, {}
+        Registry.instances.add(self)
 
     def register(self, name:str, obj=None, *, overwrite:bool=False):
         "Register `obj` under `name`; without `obj`, return a decorator."

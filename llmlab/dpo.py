@@ -19,7 +19,8 @@ from typing import Optional
 
 from .core import Config, ConfigError
 from .model import token_logprobs
-from .sft import _common_prefix, _lora, forward_logits, masked_example, pad_rows, prompt_and_completion_ids, task_rows
+from .eval import common_prefix_length
+from .sft import _lora, padding_id, forward_logits, masked_example, pad_rows, prompt_and_completion_ids, task_rows
 from .train import Task, tasks
 
 # %% auto #0
@@ -32,7 +33,7 @@ def dpo_example(tokenizer, row:dict, max_length:int|None=None) -> dict:
     missing = [k for k in ('prompt', 'chosen', 'rejected') if k not in row]
     if missing: raise ConfigError(f"a preference row needs 'prompt', 'chosen' and 'rejected'; this one lacks {missing} (it has {sorted(row)})")
     (prompt_ids, chosen), (_, rejected) = (prompt_and_completion_ids(tokenizer, row['prompt'], row[k]) for k in ('chosen', 'rejected'))
-    start = min(_common_prefix(prompt_ids, chosen), _common_prefix(prompt_ids, rejected))
+    start = min(common_prefix_length(prompt_ids, chosen), common_prefix_length(prompt_ids, rejected))
     return {k: masked_example(ids, [0] * start + [1] * (len(ids) - start), max_length, row) for k, ids in (('chosen', chosen), ('rejected', rejected))}
 
 def sequence_logprobs(logits:Tensor, labels:Tensor) -> Tensor:
@@ -123,7 +124,7 @@ def dpo_from_config(section:dict, model, tokenizer, train) -> tuple:
     c = DPOSection.from_dict(section, prefix='task')
     if c.reference not in ('live', 'precompute'): raise ConfigError(f"task.reference={c.reference!r}: use 'live' or 'precompute'")
     DPOTask(beta=c.beta, loss_type=c.loss_type)   # checks the loss type before any data is read
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = padding_id(tokenizer)
     data = [dpo_dataset(tokenizer, task_rows(path, where), c.max_length, train.progress) if path else None
             for path, where in ((c.data, 'task.data'), (c.val_data, 'task.val_data'))]
     if c.reference == 'precompute': data = [precompute_reference(model, d, pad_id=pad, progress=train.progress) if d else None for d in data]

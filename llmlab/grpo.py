@@ -18,7 +18,7 @@ from typing import Optional
 from .core import Config, ConfigError
 from .engine import LLMEngine, SamplingParams, render_chat
 from .model import Llama, token_logprobs
-from .sft import _lora, _unwrapped, forward_logits, task_rows
+from .sft import _lora, _unwrapped, forward_logits, padding_id, task_rows
 from .train import Task, tasks
 
 # %% auto #0
@@ -215,8 +215,7 @@ class GRPOTask(Task):
         if (trainer.micro * trainer.accum) % self.G:
             raise ConfigError(f"batch_size={trainer.config.batch_size} gives each process {trainer.micro * trainer.accum} completions a step, "
                               f"not a multiple of num_generations={self.G}; use a batch_size that is a multiple of {self.G} x processes")
-        pad = getattr(self.tokenizer, 'pad_token_id', None)
-        self.pad_id = pad if pad is not None else 0
+        self.pad_id = padding_id(self.tokenizer)
         if self.reference is not None: self.reference = trainer.frozen(self.reference)
 
 # %% ../nbs/14c_grpo.ipynb #7b89d4f6

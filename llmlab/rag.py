@@ -163,10 +163,8 @@ class LikelihoodReranker:
     "Rerank the top `fetch` passages by the generator's log-likelihood of the question given each (UPR)."
     def __init__(self, lm, fetch:int=20): self.lm, self.fetch = lm, fetch
 
-    def scores(self, question:str, passages:Sequence[dict]) -> list[float]:
-        return [ll for ll, _ in self.lm.loglikelihood([(UPR_PROMPT.format(passage=p['contents']), ' ' + question) for p in passages])]
-
     def rerank(self, questions:Sequence[str], candidates:Sequence[list[dict]], k:int) -> list[list[dict]]:
+        "Each question's `k` best candidates by log p(question | passage), all scored in one batched call."
         reqs = [(UPR_PROMPT.format(passage=p['contents']), ' ' + q) for q, ps in zip(questions, candidates) for p in ps]
         lls, out, n = [ll for ll, _ in self.lm.loglikelihood(reqs)], [], 0
         for ps in candidates:
@@ -177,9 +175,11 @@ class LikelihoodReranker:
 
 # %% ../nbs/10d_rag.ipynb #f2a267b5
 def answer_logprobs(lm, question:str, passage_sets:Sequence[Sequence[dict]], answer:str) -> np.ndarray:
-    "The log-probability of `answer` after the reader's prompt, for each set of passages (one batched scoring call)."
-    reqs = [(reader_prompt(lm.tok, question, ps), answer) for ps in passage_sets]
-    return np.array([ll for ll, _ in lm.loglikelihood(reqs)])
+    "The log-probability of `answer` after the reader's prompt, for each set of passages (each distinct set scored once, in one batched call)."
+    prompts = [reader_prompt(lm.tok, question, ps) for ps in passage_sets]
+    distinct = list(dict.fromkeys(prompts))     # random ablations of a few passages repeat: 32 of 5 passages hold ~20 distinct sets
+    scored = dict(zip(distinct, (ll for ll, _ in lm.loglikelihood([(p, answer) for p in distinct]))))
+    return np.array([scored[p] for p in prompts])
 
 def leave_one_out(lm, question:str, passages:Sequence[dict], answer:str) -> np.ndarray:
     "How far the answer's log-probability falls when each passage alone is removed (positive: the passage supports it)."
@@ -267,17 +267,20 @@ def score_outputs(outs:Sequence[RAGOutput], rows:Sequence[dict], k:int) -> list[
             scores[n]['kilt_em'] = scores[n]['exact_match'] * float(scores[n]['r-precision'] == 1.0)
     return scores
 
+def _retrieval_section(config) -> RetrievalSection:
+    return RetrievalSection.from_dict(config.retrieval or {}, prefix=f'{config.task}.retrieval')
+
 class RAGTaskKind:
     "The `rag` task kind of `llmlab.eval`: a pipeline over the task's questions, built once per task."
     def metrics(self, config) -> list[str]:
-        k = RetrievalSection.from_dict(config.retrieval or {}, prefix=f'{config.task}.retrieval').k
+        k = _retrieval_section(config).k
         return ['exact_match', 'f1', 'acc', f'answer_recall@{k}', *RETRIEVAL_METRICS, 'kilt_em']
 
     def evaluate(self, lm, task, ids:Sequence[int]) -> list[dict]:
         c = task.config
         if not hasattr(task, '_rag'):
             rows = [qa_row(d, f"{c.data}:{i + 1}") for i, d in enumerate(task.docs)]     # every row checked before the first answer
-            s = RetrievalSection.from_dict(c.retrieval or {}, prefix=f'{c.task}.retrieval')
+            s = _retrieval_section(c)
             task._rag = (rows, s, pipeline_for(s, build_retriever(s, c.source_dir), lm))
         rows, s, pipe = task._rag
         outs = pipe.run(lm, [rows[i]['question'] for i in ids])

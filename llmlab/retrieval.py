@@ -134,7 +134,7 @@ def read_meta(path, verify:bool=True) -> dict:
 def load_index(path, embedder=None, verify:bool=True) -> Retriever:
     "Reopen a saved retriever, memory-mapped; a dense index needs the `embedder` it was built with."
     meta = read_meta(path, verify)
-    return retrievers[meta['kind']](Path(path), meta, embedder=embedder, verify=verify)
+    return retrievers[meta['kind']](Path(path), meta, embedder=embedder)
 
 # %% ../nbs/09d_retrieval.ipynb #11ba7865
 class BM25Retriever(Retriever):
@@ -167,10 +167,10 @@ class BM25Retriever(Retriever):
     def _save(self, folder:Path): self.bm25.save(folder / 'bm25')
 
 @retrievers.register('bm25', overwrite=True)
-def _load_bm25(path:Path, meta:dict, embedder=None, verify:bool=True) -> BM25Retriever:
+def _load_bm25(path:Path, meta:dict, embedder=None, passages=None) -> BM25Retriever:
     import bm25s
     r = BM25Retriever(meta['k1'], meta['b'], meta['method'], meta['stopwords'])
-    r.bm25, r.passages = bm25s.BM25.load(path / 'bm25', mmap=True), PassageStore(path)
+    r.bm25, r.passages = bm25s.BM25.load(path / 'bm25', mmap=True), passages if passages is not None else PassageStore(path)
     return r
 
 # %% ../nbs/09d_retrieval.ipynb #cb6f98e0
@@ -266,7 +266,7 @@ class DenseRetriever(Retriever):
 
 # %% ../nbs/09d_retrieval.ipynb #7b8599cd
 @retrievers.register('dense', overwrite=True)
-def _load_dense(path:Path, meta:dict, embedder=None, verify:bool=True) -> DenseRetriever:
+def _load_dense(path:Path, meta:dict, embedder=None, passages=None) -> DenseRetriever:
     import faiss
     if embedder is None:
         raise RetrievalError(f"{path} is a dense index built with {meta['embedder']!r}: pass embedder= the same model to embed the queries")
@@ -275,7 +275,8 @@ def _load_dense(path:Path, meta:dict, embedder=None, verify:bool=True) -> DenseR
                              f"({embedder.dim}): queries must be embedded by the model that embedded the passages; pass that embedder, "
                              f"or index the corpus again with this one")
     r = DenseRetriever(embedder, meta['index_type'], meta['hnsw_m'], meta['ef_construction'], meta['ef_search'])
-    r.faiss_index, r.passages = faiss.read_index(str(path / 'index.faiss'), faiss.IO_FLAG_MMAP), PassageStore(path)
+    r.faiss_index = faiss.read_index(str(path / 'index.faiss'), faiss.IO_FLAG_MMAP)
+    r.passages = passages if passages is not None else PassageStore(path)
     return r
 
 # %% ../nbs/09d_retrieval.ipynb #a5882995
@@ -302,10 +303,13 @@ class FusionRetriever(Retriever):
             for j, (i, s) in enumerate(best): scores[q, j], idx[q, j] = s, i
         return scores, idx
 
-    def describe(self) -> dict: return {'rrf_k': self.rrf_k, 'depth': self.depth, 'parts': [r.kind for r in self.parts]}
-    def _save(self, folder:Path):
-        for n, r in enumerate(self.parts): r.save(folder / f'part{n}')
+    def describe(self) -> dict:
+        return {'rrf_k': self.rrf_k, 'depth': self.depth, 'parts': [{'kind': r.kind, **r.describe()} for r in self.parts]}
+    def _save(self, folder:Path):   # each part's own files in a subfolder; the passages once, beside them
+        for n, r in enumerate(self.parts): (folder / f'part{n}').mkdir(); r._save(folder / f'part{n}')
 
 @retrievers.register('fusion', overwrite=True)
-def _load_fusion(path:Path, meta:dict, embedder=None, verify:bool=True) -> FusionRetriever:
-    return FusionRetriever([load_index(path / f'part{n}', embedder, verify) for n in range(len(meta['parts']))], meta['rrf_k'], meta['depth'])
+def _load_fusion(path:Path, meta:dict, embedder=None, passages=None) -> FusionRetriever:
+    store = passages if passages is not None else PassageStore(path)
+    parts = [retrievers[m['kind']](path / f'part{n}', m, embedder=embedder, passages=store) for n, m in enumerate(meta['parts'])]
+    return FusionRetriever(parts, meta['rrf_k'], meta['depth'])

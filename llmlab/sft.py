@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .core import Config, ConfigError
+from .eval import common_prefix_length
 from .model import Llama, token_logprobs
 from .train import Task, add_lora, tasks
 
 # %% auto #0
 __all__ = ['assistant_spans', 'chat_example', 'prompt_and_completion_ids', 'completion_example', 'sft_example', 'masked_example',
            'best_fit_decreasing', 'pack_examples', 'forward_logits', 'pad_rows', 'SFTTask', 'sft_dataset', 'SFTSection',
-           'task_rows', 'sft_from_config']
+           'task_rows', 'padding_id', 'sft_from_config']
 
 # %% ../nbs/14a_sft.ipynb #5f4eb460
 def _render(tokenizer, messages, add_generation_prompt=False) -> str:
@@ -55,11 +56,6 @@ def chat_example(tokenizer, messages:Sequence[dict]) -> tuple[list[int], list[in
     return list(enc['input_ids']), [int(inside(a)) for a, _ in enc['offset_mapping']]
 
 # %% ../nbs/14a_sft.ipynb #740677c1
-def _common_prefix(a:Sequence[int], b:Sequence[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]: n += 1
-    return n
-
 def prompt_and_completion_ids(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
     "Token ids of the prompt alone and of prompt + completion (an end token added to a text completion); chats through the template."
     if isinstance(prompt, str):
@@ -74,7 +70,7 @@ def prompt_and_completion_ids(tokenizer, prompt, completion) -> tuple[list[int],
 def completion_example(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
     "Token ids of prompt + completion and the loss mask (1 on the completion: from where the two tokenizations part)."
     prompt_ids, ids = prompt_and_completion_ids(tokenizer, prompt, completion)
-    start = _common_prefix(prompt_ids, ids)
+    start = common_prefix_length(prompt_ids, ids)
     return ids, [0] * start + [1] * (len(ids) - start)
 
 def sft_example(tokenizer, row:dict, max_length:int|None=None) -> dict:
@@ -174,6 +170,12 @@ def task_rows(path:str, where:str) -> list[dict]:
     try: return read_records(path)
     except FileNotFoundError as e: raise ConfigError(f"{where}: {e}") from None
 
+def padding_id(tokenizer) -> int:
+    "The id rows are padded with: the tokenizer's padding token, else its end token, else 0 (padding is masked either way)."
+    for i in (getattr(tokenizer, 'pad_token_id', None), getattr(tokenizer, 'eos_token_id', None)):
+        if i is not None: return i
+    return 0
+
 def _lora(model, lora:dict|None):
     return model if not lora else add_lora(model, **{k: tuple(v) if k == 'target_modules' else v for k, v in lora.items()})
 
@@ -182,5 +184,4 @@ def sft_from_config(section:dict, model, tokenizer, train) -> tuple:
     "(SFTTask, model, train examples, validation examples) from a config's task section."
     c = SFTSection.from_dict(section, prefix='task')
     data = lambda path, where: sft_dataset(tokenizer, task_rows(path, where), c.max_length, c.packing, c.seq_length, train.progress)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return SFTTask(pad), _lora(model, c.lora), data(c.data, 'task.data'), data(c.val_data, 'task.val_data') if c.val_data else None
+    return SFTTask(padding_id(tokenizer)), _lora(model, c.lora), data(c.data, 'task.data'), data(c.val_data, 'task.val_data') if c.val_data else None

@@ -324,9 +324,9 @@ def test_monitor_follows_a_two_process_job_and_shows_a_dead_rank(lab, tmp_path):
 
 @pytest.mark.slow
 def test_grpo_tutorial_rollout_viewer_renders_and_responds_in_jupyterlab(lab):
-    "The GRPO tutorial whole in JupyterLab (SmolLM2, 3 steps): the monitor offers the rewards, the rollout viewer follows its dropdowns."
+    "The GRPO tutorial whole in JupyterLab (SmolLM2, 2 steps): the monitor offers the rewards, the rollout viewer follows its dropdowns."
     from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:   # ~70 s idle
+    with sync_playwright() as p:   # ~50 s idle
         browser, page, (monitor, viewer) = run_tutorial(p, lab, 'grpo_smollm2.ipynb', {'width': 1300, 'height': 1100},
                                                         ('.llmlab-training-monitor', '.llmlab-rollout-viewer'))
         try:
@@ -337,8 +337,8 @@ def test_grpo_tutorial_rollout_viewer_renders_and_responds_in_jupyterlab(lab):
                                     "'record': [r for r in viewer.records if r['step'] == 2][0], 'metric': monitor.metric.value, "
                                     "'options': list(monitor.metric.options)}")
             rows = viewer.locator('table.llmlab-rollout-group tr')
-            wait_until(lambda: rows.count() == 9, 30, 'a group of 8 completions in the table', page, lab)
-            shown = [rows.nth(i).locator('td').nth(2).inner_text() for i in range(1, 9)]
+            wait_until(lambda: rows.count() == 5, 30, 'a group of 4 completions in the table', page, lab)
+            shown = [rows.nth(i).locator('td').nth(2).inner_text() for i in range(1, 5)]
             viewer.scroll_into_view_if_needed(); viewer.screenshot(path=str(ARTIFACTS / 'llmlab-rollout-viewer.png'))
             monitor.scroll_into_view_if_needed(); monitor.screenshot(path=str(ARTIFACTS / 'llmlab-training-monitor-grpo.png'))
         finally:
@@ -347,8 +347,8 @@ def test_grpo_tutorial_rollout_viewer_renders_and_responds_in_jupyterlab(lab):
     assert state['step'] == 2 and state['prompt'] == 1 and state['metric'] == 'reward'
     assert 'rewards/answer/mean' in state['options'] and 'frac_reward_zero_std' in state['options']
     record = state['record']                                # the page shows the second prompt's group of step 2, from the run folder
-    completions = [c if isinstance(c, str) else c[-1]['content'] for c in record['completions'][8:16]]
-    assert [g['completion'] for g in state['group']] == completions and [g['advantage'] for g in state['group']] == record['advantages'][8:16]
+    completions = [c if isinstance(c, str) else c[-1]['content'] for c in record['completions'][4:8]]
+    assert [g['completion'] for g in state['group']] == completions and [g['advantage'] for g in state['group']] == record['advantages'][4:8]
     assert [s.strip() for s in shown] == [c.strip() for c in completions]
 
 

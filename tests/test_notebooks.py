@@ -22,12 +22,8 @@ def library_registrations_restored():
     """Notebooks run in this process one after another, and a chapter that defines a registered class registers its own copy
     (02b_moe's `SparseMoE`, with the chapter's own registries of scoring functions and expert implementations): the
     notebooks after it must find the library's entries again. Entries a notebook adds (a first import's) stay."""
-    import gc
     from llmlab.core import Registry
-    def is_registry(obj):
-        try: return isinstance(obj, Registry)
-        except ReferenceError: return False        # a dead weakref.proxy (numba keeps some once ranx has run) has no class to ask
-    saved = [(r, dict(r._items)) for r in gc.get_objects() if is_registry(r)]
+    saved = [(r, dict(r._items)) for r in list(Registry.instances)]
     yield
     for registry, items in saved:
         for name, obj in items.items():
