@@ -6,12 +6,12 @@ half "what is the default of parameter p of f", half "which function is describe
   against rank-bm25's `BM25Okapi` (the same tokens), and for faiss (flat and HNSW) against a plain NumPy search (a matrix
   product and `argpartition`) over the same MiniLM embeddings; each with its recall@10 of the supporting document, so
   that speed is compared at the recall it buys (flat and NumPy are both exact).
-- Answers (`--phase answers`): SmolLM2-135M-Instruct (float32, greedy, at most 16 new tokens, FlashRAG's prompt), closed-book
+- Answers (`--phase answers`): SmolLM2-135M-Instruct (float32, greedy, at most `--max-new-tokens` new tokens, FlashRAG's prompt), closed-book
   and with the top 3 passages from BM25, dense MiniLM (flat), their reciprocal-rank fusion, and BM25 read by ITER-RETGEN (2
   rounds). EM, F1 and acc (a golden answer in the reply) with 95% intervals; each retriever against closed-book, paired
   by question (`llmlab.stats.compare`: t interval, bootstrap interval, permutation p, McNemar's exact p).
 
-    python benchmarks/bench_rag.py [--phase speed|answers|all] [--questions 120]
+    python benchmarks/bench_rag.py [--phase speed|answers|all] [--questions 120] [--max-new-tokens 32]
 """
 import argparse, json, os, platform, sys, time
 from pathlib import Path
@@ -84,7 +84,7 @@ def run_speed(n:int) -> dict:
     return res
 
 
-def run_answers(n:int) -> dict:
+def run_answers(n:int, new:int=32) -> dict:
     import numpy as np, torch
     from llmlab.checkpoints import load_pretrained, load_tokenizer
     from llmlab.eval import EvalModel
@@ -98,10 +98,10 @@ def run_answers(n:int) -> dict:
     lm = EvalModel(load_pretrained('smollm2-135m-instruct'), tok, batch_size=16, progress=True)
     bm25 = BM25Retriever().index(passages, progress=False)
     dense = DenseRetriever(SentenceEmbedder()).index(passages, progress=False)
-    pipelines = {'closed-book': Pipeline(max_new_tokens=16), 'bm25': Pipeline(bm25, 3, max_new_tokens=16),
-                 'dense (MiniLM, flat)': Pipeline(dense, 3, max_new_tokens=16),
-                 'hybrid (RRF)': Pipeline(FusionRetriever([bm25, dense]), 3, max_new_tokens=16),
-                 'bm25, ITER-RETGEN x2': IterativePipeline(bm25, 3, 2, max_new_tokens=16)}
+    pipelines = {'closed-book': Pipeline(max_new_tokens=new), 'bm25': Pipeline(bm25, 3, max_new_tokens=new),
+                 'dense (MiniLM, flat)': Pipeline(dense, 3, max_new_tokens=new),
+                 'hybrid (RRF)': Pipeline(FusionRetriever([bm25, dense]), 3, max_new_tokens=new),
+                 'bm25, ITER-RETGEN x2': IterativePipeline(bm25, 3, 2, max_new_tokens=new)}
     per, out = {}, {}
     for name, pipe in pipelines.items():
         t = time.perf_counter()
@@ -125,7 +125,7 @@ def run_answers(n:int) -> dict:
             out[name]['vs_closed_book'][m] = {'difference': c.mean_difference, 'ci95': [c.ci_low, c.ci_high],
                                               'bootstrap_ci95': [c.bootstrap_ci_low, c.bootstrap_ci_high],
                                               'p_permutation': c.p_permutation, 'p_mcnemar': c.p_mcnemar}
-    return {'questions': len(rows), 'passages': len(passages), 'k': 3, 'max_new_tokens': 16, 'pipelines': out}
+    return {'questions': len(rows), 'passages': len(passages), 'k': 3, 'max_new_tokens': new, 'pipelines': out}
 
 
 def plot(res:dict, path:Path):
@@ -159,13 +159,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--phase', choices=('speed', 'answers', 'all'), default='all')
     ap.add_argument('--questions', type=int, default=120)
+    ap.add_argument('--max-new-tokens', type=int, default=32, help='the reply budget (the pipelines\' default; 16 cuts most default-value replies short)')
     a = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / 'bench_rag.json'
     res = json.loads(path.read_text()) if path.exists() else {}
     res['machine'] = {'cpu_count': os.cpu_count(), 'python': sys.version.split()[0], 'platform': platform.platform()}
     if a.phase in ('speed', 'all'): res['speed'] = run_speed(a.questions); print(json.dumps(res['speed'], indent=1))
-    if a.phase in ('answers', 'all'): res['answers'] = run_answers(a.questions)
+    if a.phase in ('answers', 'all'): res['answers'] = run_answers(a.questions, a.max_new_tokens)
     path.write_text(json.dumps(res, indent=1))
     plot(res, RESULTS / 'bench_rag.png')
     print(f'wrote {path}')
